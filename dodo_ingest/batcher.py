@@ -1,0 +1,454 @@
+"""The thread-based batcher: a bounded in-memory queue drained by one daemon flush thread per process.
+
+Request thread: :meth:`Batcher.add` appends a tuple to a deque under a lock (no validation, no
+serialization, no I/O) and wakes the flush thread only when the queue goes from empty to non-empty or
+reaches ``max_batch_size``. Flush thread: waits until ``max_batch_size`` events are waiting, or the oldest
+has waited ``flush_interval``, or ``flush()`` / ``shutdown()`` asks; then validates, serializes each event
+once, and sends requests of up to 1000 events / ``max_request_bytes`` through :class:`Deliverer`.
+
+Fork safety: the thread starts lazily on the first event in each process; an ``os.register_at_fork`` hook
+and a pid check in ``add`` give a forked child a fresh queue, lock, session and thread (the parent keeps
+and delivers what it had queued). At interpreter exit every live batcher drains within its
+``shutdown_timeout``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+from dodo_ingest.config import MAX_EVENTS_PER_REQUEST, Config
+from dodo_ingest.delivery import Deliverer, Pending, record_drop
+from dodo_ingest.errors import ValidationError
+from dodo_ingest.events import (
+    Event,
+    check_identifier,
+    clean_metadata,
+    format_timestamp,
+    new_event_id,
+)
+from dodo_ingest.stats import Counters, RateLimitedLog, Stats
+from dodo_ingest.transport import IngestClient, Transport
+
+logger = logging.getLogger("dodo_ingest.batcher")
+
+# A queued item: (seq, customer_id, event_name, metadata, created, event_id or None)
+Item = tuple[int, Any, Any, Any, float, Any]
+TransportFactory = Callable[[Config], Transport]
+
+#: Capture sinks installed by :func:`dodo_ingest.testing.capture_events`: while any is installed, every
+#: batcher hands its events to them instead of queueing them.
+_capture_sinks: list[Callable[[Event | None, str | None], None]] = []
+
+
+def prepare(item: Item, counters: Counters) -> Event:
+    """Validate (lenient policy) and build the event for a queued item; raise ValidationError to drop it."""
+    _, customer_id, event_name, metadata, created, event_id = item
+    for name, value in (("customer_id", customer_id), ("event_name", event_name)):
+        problem = check_identifier(name, value)
+        if problem:
+            raise ValidationError(name, problem)
+    if event_id is not None:
+        problem = check_identifier("event_id", event_id)
+        if problem:
+            raise ValidationError("event_id", problem)
+    clean, repairs = clean_metadata(metadata, strict=False)
+    if repairs:
+        counters.add("repaired", repairs)
+    return Event(event_id or new_event_id(), customer_id, event_name, format_timestamp(created), clean, created)
+
+
+class Batcher:
+    """Queues events and delivers them in the background. Thread-safe; ``add`` never blocks or raises.
+
+    Build one with :func:`dodo_ingest.create_batch` (or :meth:`Ingestion.create_batch`); middlewares share
+    :attr:`Ingestion.batcher`.
+    """
+
+    def __init__(self, config: Config, *, transport_factory: TransportFactory = IngestClient) -> None:
+        self.config = config
+        self._transport_factory = transport_factory
+        self._log = RateLimitedLog(logger)
+        self._init_process_state()
+        _live_batchers.add(self)
+
+    def __repr__(self) -> str:
+        return (f"<Batcher {self.config.host} event_name={self.config.event_name!r} "
+                f"max_size={self.config.max_batch_size} flush_interval={self.config.flush_interval}s>")
+
+    # --- per-process state --------------------------------------------------------------------------------
+
+    def _init_process_state(self) -> None:
+        self._pid = os.getpid()
+        self.counters = Counters()
+        self._lock = self.counters.lock
+        self._queue: deque[Item] = deque()
+        self._taken: deque[Item] = deque()  # the flush thread's share of the queue, popped under the lock
+        self._seq = 0  # sequence number of the last accepted event
+        self._done_seq = 0  # every event up to this sequence number is sent or dropped
+        self._done = threading.Condition(threading.Lock())
+        self._wake = threading.Event()
+        self._flush_target = 0
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._closed = False
+        self._drain_deadline: float | None = None
+        self._sync_lock = threading.Lock()
+        self._sync_deliverer: Deliverer | None = None
+
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's queue (the parent delivers it) and start afresh."""
+        self._init_process_state()
+
+    # --- the request-thread side --------------------------------------------------------------------------
+
+    def add(
+        self,
+        customer_id: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        event_name: str | None = None,
+        event_id: str | None = None,
+    ) -> bool:
+        """Queue one event; O(1), never blocks, never raises. Returns whether it was accepted.
+
+        ``metadata`` is copied. The event's timestamp is now; its ``event_id`` (unless given) is fixed when
+        it is built and reused on every retry. Invalid events are dropped (reason ``invalid``) on the flush
+        thread; see :mod:`dodo_ingest.events` for what is repaired instead.
+        """
+        try:
+            item_metadata = dict(metadata) if metadata is not None else None
+            return self._add(customer_id, event_name or self.config.event_name, item_metadata, event_id)
+        except Exception:  # pragma: no cover - defensive: metering must never break the caller
+            logger.exception("dodo-ingest could not queue an event; dropped")
+            self.counters.drop("invalid")
+            return False
+
+    def _add(self, customer_id: Any, event_name: Any, metadata: Any, event_id: Any) -> bool:
+        if self._pid != os.getpid():
+            self._after_fork()
+        config = self.config
+        if not config.enabled:
+            return False
+        created = time.time()
+        if _capture_sinks or config.sync_mode:
+            return self._add_now((0, customer_id, event_name, metadata, created, event_id))
+        queue = self._queue
+        with self._lock:
+            depth = len(queue) + len(self._taken)
+            if self._closed or depth >= config.max_queue_size:
+                reason = "shutdown" if self._closed else "queue_full"
+                self.counters.dropped[reason] = self.counters.dropped.get(reason, 0) + 1
+            else:
+                reason = None
+                self._seq += 1
+                queue.append((self._seq, customer_id, event_name, metadata, created, event_id))
+                self.counters.accepted += 1
+        if reason is not None:
+            self._log.log(logging.WARNING, reason, "dodo-ingest dropped an event (%s)", reason)
+            if config.on_drop is not None:
+                record = {"customer_id": customer_id, "event_name": event_name, "metadata": metadata}
+                _call_drop_hook(config, [record], reason)
+            return False
+        if depth == 0 or depth + 1 == config.max_batch_size:
+            self._wake.set()
+        if self._thread is None:
+            self._start()
+        return True
+
+    def _add_now(self, item: Item) -> bool:
+        """Capture mode and sync mode: validate and hand over in the calling thread."""
+        with self._lock:
+            self.counters.accepted += 1
+        try:
+            event = prepare(item, self.counters)
+        except ValidationError as exc:
+            for sink in list(_capture_sinks):
+                sink(None, str(exc))
+            record_drop(self.counters, self.config, self._log, [_raw_record(item)], "invalid", str(exc))
+            return False
+        if _capture_sinks:
+            for sink in list(_capture_sinks):
+                sink(event, None)
+            self.counters.add("sent")
+            return True
+        with self._sync_lock:
+            if self._sync_deliverer is None:
+                self._sync_deliverer = Deliverer(self.config, self._transport_factory(self.config),
+                                                 self.counters, _blocking_sleep, self._log)
+            drops = self._sync_deliverer.deliver([Pending(0, event.to_json(), event.created)])
+        return not drops
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._closed:
+                return
+            thread = threading.Thread(target=self._run, name="dodo-ingest-flush", daemon=True)
+            self._thread = thread
+        try:
+            thread.start()
+        except RuntimeError:  # at interpreter shutdown no thread can start: the exit drain sends instead
+            logger.debug("dodo-ingest could not start its flush thread", exc_info=True)
+
+    # --- the flush thread ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        transport = self._transport_factory(self.config)
+        deliverer = Deliverer(self.config, transport, self.counters, self._sleep, self._log)
+        try:
+            self._loop(deliverer)
+        except Exception:  # pragma: no cover - a bug; keep the app alive and say so
+            logger.exception("dodo-ingest flush thread crashed; events stay queued until shutdown")
+        finally:
+            transport.close()
+
+    def _loop(self, deliverer: Deliverer) -> None:
+        config = self.config
+        while True:
+            self._wake.clear()
+            with self._lock:
+                pending = len(self._queue) + len(self._taken)
+                head = self._taken[0] if self._taken else (self._queue[0] if self._queue else None)
+                stopping, deadline = self._stopping, self._drain_deadline
+                flush_wanted = self._flush_target > self._done_seq
+            if stopping and deadline is not None and time.monotonic() >= deadline:
+                return
+            if head is None:
+                if stopping:
+                    return
+                self._wake.wait()
+                continue
+            due_in = head[4] + config.flush_interval - time.time()
+            if not (stopping or flush_wanted or pending >= config.max_batch_size or due_in <= 0):
+                self._wake.wait(min(due_in, config.flush_interval))
+                continue
+            self.send_next(deliverer)
+
+    def send_next(self, deliverer: Deliverer) -> None:
+        """Take up to one request's worth of events from the head of the queue and deliver it."""
+        config = self.config
+        with self._lock:
+            if self._queue and len(self._taken) < MAX_EVENTS_PER_REQUEST:
+                if self._taken:
+                    self._taken.extend(self._queue)
+                    self._queue.clear()
+                else:
+                    self._taken, self._queue = self._queue, deque()
+            taken = self._taken
+            items = [taken.popleft() for _ in range(min(len(taken), MAX_EVENTS_PER_REQUEST))]
+            self.counters.in_flight += len(items)
+        if not items:
+            return
+        ready: list[Pending] = []
+        size = len('{"events":[]}')
+        invalid: list[tuple[Item, str]] = []
+        oversized: list[dict[str, Any]] = []
+        for index, item in enumerate(items):
+            try:
+                event = prepare(item, self.counters)
+            except ValidationError as exc:
+                invalid.append((item, str(exc)))
+                continue
+            encoded = event.to_json()
+            if len('{"events":[]}') + len(encoded) > config.max_request_bytes:
+                oversized.append(event.to_dict())
+                continue
+            if size + len(encoded) + 1 > config.max_request_bytes:
+                self._give_back(items[index:])
+                items = items[:index]
+                break
+            size += len(encoded) + 1
+            ready.append(Pending(item[0], encoded, event.created))
+        for item, message in invalid:
+            record_drop(self.counters, config, self._log, [_raw_record(item)], "invalid", message)
+        if oversized:
+            record_drop(self.counters, config, self._log, oversized, "too_large",
+                        f"event alone exceeds max_request_bytes={config.max_request_bytes}")
+        try:
+            if ready:
+                deliverer.deliver(ready)
+        finally:
+            with self._lock:
+                self.counters.in_flight -= len(items)
+            with self._done:
+                self._done_seq = max(self._done_seq, items[-1][0])
+                self._done.notify_all()
+
+    def _give_back(self, items: list[Item]) -> None:
+        with self._lock:
+            self._taken.extendleft(reversed(items))
+            self.counters.in_flight -= len(items)
+
+    def _sleep(self, seconds: float) -> bool:
+        """The flush thread's only way to wait: ``flush()`` cuts it short (True: retry now); a shutdown
+        deadline closer than the wait makes it give up at once (False)."""
+        end = time.monotonic() + seconds
+        while True:
+            with self._lock:
+                deadline = self._drain_deadline
+                flush_wanted = self._flush_target > self._done_seq
+            if deadline is not None and end > deadline:
+                return False
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return True
+            if self._wake.wait(remaining):
+                self._wake.clear()
+                if flush_wanted:
+                    return True
+
+    # --- control --------------------------------------------------------------------------------------------
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Send everything queued so far now; wait at most ``timeout`` seconds.
+
+        Returns True when every event added before the call has been sent or dropped (see :meth:`stats`).
+        """
+        if self._pid != os.getpid():
+            self._after_fork()
+        with self._lock:
+            target = self._seq
+            if target <= self._done_seq:
+                return True
+            self._flush_target = max(self._flush_target, target)
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            self._start()
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                return self._drain_here(time.monotonic() + timeout)
+        self._wake.set()
+        with self._done:
+            return self._done.wait_for(lambda: self._done_seq >= target, timeout)
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Deliver what is queued within ``timeout`` (default ``shutdown_timeout``), then stop. Idempotent.
+
+        Events still queued at the deadline are dropped as ``shutdown`` (counted, logged, passed to
+        ``on_drop``). Returns True when nothing was left behind. Later ``add`` calls return False.
+        """
+        timeout = self.config.shutdown_timeout if timeout is None else timeout
+        self._begin_shutdown(time.monotonic() + timeout)
+        return self._finish_shutdown()
+
+    cleanup = shutdown  # the JavaScript blueprint's name
+
+    def _begin_shutdown(self, deadline: float) -> None:
+        if self._pid != os.getpid():
+            self._after_fork()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = self._stopping = True
+            self._drain_deadline = deadline
+        self._wake.set()
+
+    def _finish_shutdown(self) -> bool:
+        deadline = self._drain_deadline or time.monotonic()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        elif self._queue or self._taken:
+            self._drain_here(deadline)
+        with self._lock:
+            left = list(self._taken) + list(self._queue)
+            self._taken.clear()
+            self._queue.clear()
+            in_flight = self.counters.in_flight
+        if left:
+            record_drop(self.counters, self.config, self._log, [_raw_record(i) for i in left], "shutdown",
+                        "the shutdown deadline passed before these could be delivered")
+            with self._done:
+                self._done_seq = max(self._done_seq, left[-1][0])
+                self._done.notify_all()
+        if in_flight:
+            logger.warning("dodo-ingest: %d events were still being sent when the shutdown deadline passed",
+                           in_flight)
+        return not left and not in_flight
+
+    def _drain_here(self, deadline: float) -> bool:
+        """Deliver in the calling thread (no flush thread could run), within ``deadline``."""
+        transport = self._transport_factory(self.config)
+
+        def sleep(seconds: float) -> bool:
+            if time.monotonic() + seconds > deadline:
+                return False
+            time.sleep(seconds)
+            return True
+
+        deliverer = Deliverer(self.config, transport, self.counters, sleep, self._log)
+        try:
+            while (self._queue or self._taken) and time.monotonic() < deadline:
+                self.send_next(deliverer)
+        finally:
+            transport.close()
+        return not (self._queue or self._taken)
+
+    def stats(self) -> Stats:
+        """A consistent snapshot of the counters: accepted, sent, retried, dropped by reason, queued, ..."""
+        with self._lock:
+            return self.counters.snapshot(len(self._queue) + len(self._taken))
+
+    def __enter__(self) -> Batcher:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.shutdown()
+
+
+def _raw_record(item: Item) -> dict[str, Any]:
+    _, customer_id, event_name, metadata, created, event_id = item
+    return {"event_id": event_id, "customer_id": customer_id, "event_name": event_name,
+            "timestamp": format_timestamp(created), "metadata": metadata}
+
+
+def _call_drop_hook(config: Config, records: list[dict[str, Any]], reason: str) -> None:
+    try:
+        assert config.on_drop is not None
+        config.on_drop(records, reason)
+    except Exception:
+        logger.exception("dodo-ingest on_drop callback raised; ignored")
+
+
+def _blocking_sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return True
+
+
+# --- process-wide hooks: fork and exit ----------------------------------------------------------------------
+
+_live_batchers: weakref.WeakSet[Batcher] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for batcher in list(_live_batchers):
+        batcher._after_fork()
+    if "multiprocessing" in sys.modules:
+        # multiprocessing children leave through os._exit, which skips atexit: use its own finalizers.
+        from multiprocessing import util
+
+        util.Finalize(None, drain_all, exitpriority=100)
+
+
+def drain_all() -> None:
+    """Shut every live batcher down within its ``shutdown_timeout`` (all at once, not one after another)."""
+    batchers = [b for b in list(_live_batchers) if b._pid == os.getpid()]
+    now = time.monotonic()
+    for batcher in batchers:
+        batcher._begin_shutdown(now + batcher.config.shutdown_timeout)
+    for batcher in batchers:
+        batcher._finish_shutdown()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(drain_all)

@@ -1,0 +1,408 @@
+"""The one configuration schema shared by every entry point.
+
+A keyword argument ``flush_interval=2.0``, a Django setting ``DODO_INGEST_FLUSH_INTERVAL = 2.0`` and a Flask
+config key ``DODO_INGEST_FLUSH_INTERVAL`` mean the same thing and are checked by the same code here.
+:data:`SETTINGS` documents every setting once; ``dodo-ingest settings`` prints it as a table.
+
+Every invalid value raises :class:`~dodo_ingest.errors.ConfigurationError` whose message names the setting
+as the user spelled it and says how to fix it. The API key never appears in a message or a ``repr``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from importlib import import_module
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from dodo_ingest.errors import ConfigurationError
+
+PREFIX = "DODO_INGEST_"
+ENV_API_KEY = "DODO_PAYMENTS_API_KEY"
+ENV_BASE_URL = "DODO_PAYMENTS_BASE_URL"
+HOSTS = {"test_mode": "https://test.dodopayments.com", "live_mode": "https://live.dodopayments.com"}
+MAX_EVENTS_PER_REQUEST = 1000  # Dodo's limit for one POST /events/ingest
+UNMATCHED_ENDPOINT = "<unmatched>"
+
+Environment = Literal["test_mode", "live_mode"]
+
+
+class _Invalid(Exception):
+    """Raised by a parser; the loader turns it into a ConfigurationError naming the setting."""
+
+
+# --- parsers: (value) -> normalized value, or raise _Invalid("what is wrong; the fix") -------------------
+
+
+def _number(lo: float, hi: float, *, integer: bool = False, unit: str = "") -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            kind = "a whole number" if integer else "a number"
+            raise _Invalid(f"expected {kind}{' of ' + unit if unit else ''}, got {type(value).__name__} {value!r}")
+        if integer and not isinstance(value, int):
+            raise _Invalid(f"expected a whole number, got {value!r}")
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise _Invalid(f"must be between {lo:g} and {hi:g}{' ' + unit if unit else ''}, got {value!r}")
+        return int(value) if integer else float(value)
+
+    return parse
+
+
+def _seconds(lo: float, hi: float) -> Callable[[Any], float]:
+    base = _number(lo, hi, unit="seconds")
+
+    def parse(value: Any) -> float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1000 and value > hi:
+            raise _Invalid(
+                f"is in seconds, not milliseconds: got {value!r}; use {value / 1000:g} for {value:g} ms"
+            )
+        result: float = base(value)
+        return result
+
+    return parse
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected True or False, got {value!r}")
+    return value
+
+
+def _optional_str(what: str) -> Callable[[Any], str | None]:
+    def parse(value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise _Invalid(f"expected a non-empty string ({what}), got {type(value).__name__}")
+        return value.strip()
+
+    return parse
+
+
+def _environment(value: Any) -> str:
+    if value not in HOSTS:
+        raise _Invalid(f"must be 'test_mode' or 'live_mode', got {value!r}")
+    return str(value)
+
+
+def _event_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid(f"expected the meter's event name as a non-empty string (e.g. 'api_call'), got {value!r}")
+    return value
+
+
+def _base_url(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _Invalid(f"expected a URL string, got {type(value).__name__}")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Invalid(f"expected an http(s) URL such as 'https://test.dodopayments.com', got {value!r}")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise _Invalid(
+            f"plain http would send the API key unencrypted to {parts.hostname}; use https "
+            "(http is allowed only for a local server on localhost / 127.0.0.1 / ::1)"
+        )
+    return value.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _callable(value: Any) -> Callable[..., Any] | None:
+    """A callable, or a dotted path to one (``"myapp.billing.customer_for"``)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = import_dotted(value)
+    if not callable(value):
+        raise _Invalid(f"expected a callable or a dotted path to one, got {type(value).__name__}")
+    return value  # type: ignore[no-any-return]
+
+
+def import_dotted(path: str) -> Any:
+    """Import ``"package.module.attribute"``; raise ``_Invalid`` with the reason if that fails."""
+    module_path, _, attribute = path.rpartition(".")
+    if not module_path:
+        raise _Invalid(f"{path!r} is not a dotted path; write it as 'package.module.function'")
+    try:
+        module = import_module(module_path)
+    except ImportError as exc:
+        raise _Invalid(f"cannot import module {module_path!r} of {path!r}: {exc}") from None
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise _Invalid(f"module {module_path!r} has no attribute {attribute!r}") from None
+
+
+_REGEX_CHARS = frozenset("^$*+?{}[]\\|()")
+
+
+@dataclass(frozen=True)
+class PathPattern:
+    """One entry of ``include_paths`` / ``exclude_paths``.
+
+    An entry containing any of ``^$*+?{}[]\\|()`` is a regular expression that must match the whole path.
+    Any other entry is a literal prefix matched at segment boundaries: ``/admin`` matches ``/admin`` and
+    ``/admin/users`` but not ``/administrator``.
+    """
+
+    source: str
+    regex: re.Pattern[str] | None
+
+    def matches(self, path: str) -> bool:
+        """Whether ``path`` (no query string) is covered by this entry."""
+        if self.regex is not None:
+            return self.regex.fullmatch(path) is not None
+        prefix = self.source.rstrip("/")
+        return path == self.source or path == prefix or path.startswith(prefix + "/")
+
+
+def _paths(value: Any) -> tuple[PathPattern, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise _Invalid(f"expected a list of path patterns such as [r'/admin/.*', '/healthz'], got {value!r}")
+    patterns = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, str) or not entry:
+            raise _Invalid(f"entry {i} must be a non-empty string, got {entry!r}")
+        if _REGEX_CHARS.intersection(entry):
+            try:
+                patterns.append(PathPattern(entry, re.compile(entry)))
+            except re.error as exc:
+                raise _Invalid(f"entry {i} {entry!r} is not a valid regular expression: {exc}") from None
+        else:
+            patterns.append(PathPattern(entry, None))
+    return tuple(patterns)
+
+
+def _methods(value: Any) -> frozenset[str]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise _Invalid(f"expected a list of HTTP methods such as ['OPTIONS', 'HEAD'], got {value!r}")
+    methods = []
+    for entry in value:
+        if not isinstance(entry, str) or not entry.isalpha():
+            raise _Invalid(f"expected HTTP method names such as 'OPTIONS', got {entry!r}")
+        methods.append(entry.upper())
+    return frozenset(methods)
+
+
+def _fallback_customer(value: Any) -> str | None:
+    result = _optional_str("a Dodo customer id such as 'cus_123'")(value)
+    if result is not None and result.lower() in ("anonymous", "unknown", "none", "null"):
+        raise _Invalid(
+            f"{result!r} is not a Dodo customer id; Dodo requires an existing customer (cus_...). "
+            "Create a customer for unidentified traffic and use its id, or leave this unset to skip such requests"
+        )
+    return result
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration setting: its keyword name, default, parser and documentation."""
+
+    name: str
+    default: Any
+    parse: Callable[[Any], Any]
+    doc: str
+
+    @property
+    def key(self) -> str:
+        """The Django setting / Flask config key: ``DODO_INGEST_<NAME>``."""
+        return PREFIX + self.name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("api_key", None, _optional_str("your Dodo Payments API key"),
+            f"Dodo Payments API key. Falls back to the `{ENV_API_KEY}` environment variable. Required unless "
+            "`enabled` is False."),
+    Setting("environment", "test_mode", _environment,
+            "`test_mode` (https://test.dodopayments.com) or `live_mode` (https://live.dodopayments.com). "
+            "Test keys work only in test mode, live keys only in live mode."),
+    Setting("base_url", None, _base_url,
+            f"Overrides the environment's host (falls back to `{ENV_BASE_URL}`), e.g. the local server "
+            "`http://127.0.0.1:8765`. Must be https unless it is a loopback address."),
+    Setting("event_name", "api_call", _event_name,
+            "Event name sent with every event; must equal your meter's event name (case-sensitive)."),
+    Setting("max_batch_size", 100, _number(1, MAX_EVENTS_PER_REQUEST, integer=True),
+            "Flush as soon as this many events are waiting (1-1000). A backlog is always sent in requests of "
+            "up to 1000 events."),
+    Setting("flush_interval", 5.0, _seconds(0.01, 600.0),
+            "Seconds: flush when the oldest waiting event is this old (not a timer reset on every add)."),
+    Setting("max_queue_size", 100_000, _number(1, 10_000_000, integer=True),
+            "Events held in memory at most; beyond it new events are dropped and counted as `queue_full`."),
+    Setting("max_request_bytes", 1_000_000, _number(10_000, 100_000_000, integer=True),
+            "Byte cap of one request body; larger batches are split."),
+    Setting("request_timeout", 10.0, _seconds(0.1, 300.0),
+            "Seconds to wait for Dodo's answer to one request (the connect timeout is min(this, 5))."),
+    Setting("max_retry_time", 600.0, _seconds(0.0, 3000.0),
+            "Seconds a failing batch is retried (exponential backoff with full jitter, honouring "
+            "Retry-After) before its events are dropped as `retries_exhausted`."),
+    Setting("shutdown_timeout", 5.0, _seconds(0.0, 600.0),
+            "Seconds the exit drain (atexit, `shutdown()`) may take; what is left is logged and counted as "
+            "`shutdown`."),
+    Setting("sync_mode", False, _flag,
+            "Send in the calling thread, with the same validation, retry and drop policy (scripts, tests, "
+            "serverless)."),
+    Setting("enabled", True, _flag,
+            "Global kill switch: when False nothing is queued or sent and no API key is needed."),
+    Setting("on_error", None, _callable,
+            "Callable `(error: DeliveryFailure) -> None` called on the flush thread when a request fails. "
+            "Dotted path accepted."),
+    Setting("on_drop", None, _callable,
+            "Callable `(events: list[dict], reason: str) -> None` called with every event that is dropped. "
+            "Dotted path accepted."),
+    # --- the request-to-event path (middlewares and extensions) ---
+    Setting("customer_id", None, _callable,
+            "Callable returning the Dodo customer id of a finished request, called after the view ran: "
+            "Django/Flask `(request, response)`, WSGI `(environ, status, headers)`. Dotted path accepted."),
+    Setting("fallback_customer_id", None, _fallback_customer,
+            "Customer id used when none is found; unset (default) means such requests are not sent and are "
+            "counted as `skipped_no_customer`."),
+    Setting("include_paths", None, _paths,
+            "If set, only paths matching one of these are metered. Regexes (full match) or literal prefixes."),
+    Setting("exclude_paths", (), _paths,
+            "Paths never metered, e.g. `[r'/admin/.*', '/healthz']`. Regexes (full match) or literal prefixes."),
+    Setting("exclude_methods", ("OPTIONS",), _methods, "HTTP methods never metered."),
+    Setting("should_meter", None, _callable,
+            "Callable deciding per request whether to meter it, with the same arguments as `customer_id`."),
+    Setting("extra_metadata", None, _callable,
+            "Callable returning a dict of extra metadata for a request, with the same arguments as "
+            "`customer_id`."),
+    Setting("capture_client_ip", False, _flag, "Add `client_ip` to metadata (personal data: opt-in)."),
+    Setting("capture_user_agent", False, _flag, "Add `user_agent` to metadata (personal data: opt-in)."),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings. Build it with :meth:`Config.load`; never holds an invalid value."""
+
+    api_key: str | None = field(default=None, repr=False)
+    environment: str = "test_mode"
+    base_url: str | None = None
+    event_name: str = "api_call"
+    max_batch_size: int = 100
+    flush_interval: float = 5.0
+    max_queue_size: int = 100_000
+    max_request_bytes: int = 1_000_000
+    request_timeout: float = 10.0
+    max_retry_time: float = 600.0
+    shutdown_timeout: float = 5.0
+    sync_mode: bool = False
+    enabled: bool = True
+    on_error: Callable[..., Any] | None = None
+    on_drop: Callable[..., Any] | None = None
+    customer_id: Callable[..., Any] | None = None
+    fallback_customer_id: str | None = None
+    include_paths: tuple[PathPattern, ...] | None = None
+    exclude_paths: tuple[PathPattern, ...] = ()
+    exclude_methods: frozenset[str] = frozenset({"OPTIONS"})
+    should_meter: Callable[..., Any] | None = None
+    extra_metadata: Callable[..., Any] | None = None
+    capture_client_ip: bool = False
+    capture_user_agent: bool = False
+
+    @classmethod
+    def load(
+        cls,
+        kwargs: Mapping[str, Any] | None = None,
+        mapping: Mapping[str, Any] | None = None,
+        *,
+        source: str = "",
+        environ: Mapping[str, str] | None = None,
+    ) -> Config:
+        """Validate and merge settings: keyword arguments win over ``DODO_INGEST_*`` keys of ``mapping``
+        (Django settings, Flask ``app.config``), which win over the ``DODO_PAYMENTS_*`` environment variables,
+        which win over the defaults. ``source`` names where ``mapping`` came from, for error messages.
+        """
+        kwargs = dict(kwargs or {})
+        unknown = sorted(set(kwargs) - set(_BY_NAME))
+        if unknown:
+            raise ConfigurationError(
+                f"unknown setting {unknown[0]!r}; valid settings are: {', '.join(sorted(_BY_NAME))}"
+            )
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            if setting.name in kwargs:
+                raw, label = kwargs[setting.name], setting.name
+            elif mapping is not None and setting.key in mapping:
+                raw, label = mapping[setting.key], f"{source}{setting.key}" if source else setting.key
+            else:
+                continue
+            values[setting.name] = _parse(setting, raw, label)
+        if values.get("api_key") is None and environ.get(ENV_API_KEY):
+            values["api_key"] = _parse(_BY_NAME["api_key"], environ[ENV_API_KEY], ENV_API_KEY)
+        if values.get("base_url") is None and environ.get(ENV_BASE_URL):
+            values["base_url"] = _parse(_BY_NAME["base_url"], environ[ENV_BASE_URL], ENV_BASE_URL)
+        config = cls(**values)
+        if config.enabled and config.api_key is None:
+            raise ConfigurationError(
+                f"no API key: set {'DODO_INGEST_API_KEY' if mapping is not None else 'api_key='} or the "
+                f"{ENV_API_KEY} environment variable (or disable metering with enabled=False)"
+            )
+        return config
+
+    def with_changes(self, **changes: Any) -> Config:
+        """A copy with some settings changed, validated like :meth:`load`."""
+        parsed = {name: _parse(_BY_NAME[name], value, name) for name, value in changes.items()}
+        return replace(self, **parsed)
+
+    @property
+    def host(self) -> str:
+        """Where events are sent: ``base_url`` if set, else the environment's host."""
+        return self.base_url or HOSTS[self.environment]
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as a dict safe to log: the API key is masked."""
+        result = {f.name: getattr(self, f.name) for f in fields(self)}
+        result["api_key"] = mask_key(self.api_key)
+        return result
+
+
+def _parse(setting: Setting, raw: Any, label: str) -> Any:
+    try:
+        return setting.parse(raw)
+    except _Invalid as exc:
+        raise ConfigurationError(f"{label}: {exc}") from None
+
+
+def mask_key(key: str | None) -> str:
+    """``"<unset>"`` or ``"<set, 32 chars>"``: never any character of the key itself."""
+    return "<unset>" if not key else f"<set, {len(key)} chars>"
+
+
+def check_setting(name: str, value: Any) -> str | None:
+    """Validate one setting; return the problem as text, or None. Used by Django's system checks."""
+    try:
+        _BY_NAME[name].parse(value)
+    except _Invalid as exc:
+        return str(exc)
+    return None
+
+
+def settings_table() -> str:
+    """Every setting as a Markdown table (the README's settings table is generated from this)."""
+    rows = ["| keyword / `DODO_INGEST_*` key | default | meaning |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = s.default
+        if isinstance(default, tuple):
+            default = list(default)
+        rows.append(f"| `{s.name}` / `{s.key}` | `{default!r}` | {s.doc} |")
+    return "\n".join(rows)

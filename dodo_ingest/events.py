@@ -1,0 +1,225 @@
+"""The usage event, its ids and timestamps, and Dodo's validation rules for it.
+
+Rules (Dodo's ``POST /events/ingest`` contract): ``event_id``, ``customer_id`` and ``event_name`` are
+non-empty strings; ``metadata`` is flat, its values ``str``, ``int``, ``float`` or ``bool`` (``bool`` is
+its own type, NaN and infinities are rejected), at most 50 keys, keys at most 100 characters, string values
+at most 500 characters; ``timestamp`` is RFC 3339 in UTC with ``Z``, taken when the event is created.
+
+Two policies use these rules:
+
+* **strict** (``track_api_call``, :meth:`Ingestion.event`): any violation raises
+  :class:`~dodo_ingest.errors.ValidationError` naming the field.
+* **lenient** (the batch and middleware paths, which must never raise into a request): a ``None``
+  metadata value is omitted and a string value longer than 500 characters is truncated (both counted as
+  ``repaired``); anything else that breaks a rule drops the event with reason ``invalid``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Union
+
+from dodo_ingest.errors import ValidationError
+
+MetadataValue = Union[str, int, float, bool]
+
+MAX_METADATA_KEYS = 50
+MAX_KEY_LENGTH = 100
+MAX_VALUE_LENGTH = 500
+#: Dodo rejects events older than one hour; keep a margin for clock skew and the request itself.
+MAX_EVENT_AGE = 3600.0 - 120.0
+
+
+# --- ids --------------------------------------------------------------------------------------------------
+
+class _IdSource:
+    """Unique, cheap event ids: a random per-process prefix (80 bits) and a counter.
+
+    ``next(itertools.count())`` is atomic in CPython, so ids are unique across threads without a lock;
+    the prefix is renewed in a forked child, so parent and child never share an id.
+    """
+
+    def __init__(self) -> None:
+        self.renew()
+
+    def renew(self) -> None:
+        self.prefix = "evt_" + os.urandom(10).hex() + "_"
+        self.counter = itertools.count(1)
+
+    def new_id(self) -> str:
+        return self.prefix + format(next(self.counter), "x")
+
+
+_ids = _IdSource()
+os.register_at_fork(after_in_child=_ids.renew)
+
+
+def new_event_id() -> str:
+    """A new unique event id, e.g. ``evt_3f9a1c2b7e4d5a60c1d2_1a``."""
+    return _ids.new_id()
+
+
+# --- timestamps -------------------------------------------------------------------------------------------
+
+def format_timestamp(epoch: float) -> str:
+    """RFC 3339 in UTC with millisecond precision and ``Z``: ``2026-11-21T19:55:30.123Z``."""
+    moment = datetime.fromtimestamp(epoch, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _timestamp_from(value: datetime | str | float | None) -> tuple[float, str]:
+    if value is None:
+        now = time.time()
+        return now, format_timestamp(now)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValidationError("timestamp", "naive datetime; pass an aware datetime such as "
+                                               "datetime.now(timezone.utc)")
+        epoch = value.timestamp()
+        return epoch, format_timestamp(epoch)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value), format_timestamp(float(value))
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.tzinfo is None:
+            raise ValidationError("timestamp", f"{value!r} is not an RFC 3339 timestamp with a time zone "
+                                               "(e.g. '2026-11-21T19:55:30.123Z')")
+        epoch = parsed.timestamp()
+        return epoch, format_timestamp(epoch)
+    raise ValidationError("timestamp", f"expected a datetime, an RFC 3339 string or epoch seconds, "
+                                       f"got {type(value).__name__}")
+
+
+# --- validation -------------------------------------------------------------------------------------------
+
+def check_identifier(name: str, value: Any) -> str | None:
+    """The problem with a required string field, or None."""
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    if not value.strip():
+        return "must not be empty"
+    return None
+
+
+def clean_metadata(metadata: Any, *, strict: bool) -> tuple[dict[str, MetadataValue], int]:
+    """Validate metadata; return a clean copy and the number of repairs made (lenient policy only).
+
+    Raises :class:`ValidationError` naming the field (``metadata.<key>``) for a violation that is not
+    repaired under the given policy.
+    """
+    if metadata is None:
+        return {}, 0
+    if not isinstance(metadata, Mapping):
+        raise ValidationError("metadata", f"must be a dict of str -> str/int/float/bool, "
+                                          f"got {type(metadata).__name__}")
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise ValidationError("metadata", f"has {len(metadata)} keys; Dodo accepts at most "
+                                          f"{MAX_METADATA_KEYS}")
+    clean: dict[str, MetadataValue] = {}
+    repairs = 0
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise ValidationError("metadata", f"keys must be non-empty strings, got {key!r}")
+        if len(key) > MAX_KEY_LENGTH:
+            raise ValidationError(f"metadata.{key[:40]}...", f"key is {len(key)} characters; Dodo accepts "
+                                                            f"at most {MAX_KEY_LENGTH}")
+        kind = type(value)
+        if kind is str:
+            if len(value) > MAX_VALUE_LENGTH:
+                if strict:
+                    raise ValidationError(f"metadata.{key}", f"value is {len(value)} characters; Dodo "
+                                                             f"accepts at most {MAX_VALUE_LENGTH}")
+                value = value[:MAX_VALUE_LENGTH]
+                repairs += 1
+        elif kind is bool or kind is int:
+            pass
+        elif kind is float:
+            if not math.isfinite(value):
+                raise ValidationError(f"metadata.{key}", f"{value!r} is not a finite number; JSON has no "
+                                                         "NaN or infinity")
+        elif value is None and not strict:
+            repairs += 1
+            continue
+        elif isinstance(value, (str, int, float)):  # subclasses such as str/int enums: send the plain value
+            value = _plain(value)
+            if isinstance(value, str) and len(value) > MAX_VALUE_LENGTH:
+                raise ValidationError(f"metadata.{key}", f"value is {len(value)} characters; Dodo "
+                                                         f"accepts at most {MAX_VALUE_LENGTH}")
+        else:
+            raise ValidationError(
+                f"metadata.{key}", f"{type(value).__name__} is not allowed; Dodo metadata is flat: use str, "
+                "int, float or bool (convert it, e.g. str(value), or flatten nested values into their own keys)"
+            )
+        clean[key] = value
+    return clean, repairs
+
+
+def _plain(value: str | int | float) -> MetadataValue:
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        return str(value)
+    return int(value) if isinstance(value, int) else float(value)
+
+
+# --- the event --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Event:
+    """One usage event, exactly as it goes on the wire (see :meth:`to_dict`)."""
+
+    event_id: str
+    customer_id: str
+    event_name: str
+    timestamp: str
+    metadata: dict[str, MetadataValue] = field(default_factory=dict)
+    #: Creation time in epoch seconds (not sent; used to drop events Dodo would reject as too old).
+    created: float = field(default=0.0, repr=False, compare=False)
+
+    @classmethod
+    def create(
+        cls,
+        customer_id: str,
+        event_name: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        event_id: str | None = None,
+        timestamp: datetime | str | float | None = None,
+    ) -> Event:
+        """Build and validate an event (strict policy): raises :class:`ValidationError` naming the field."""
+        for name, value in (("customer_id", customer_id), ("event_name", event_name)):
+            problem = check_identifier(name, value)
+            if problem:
+                raise ValidationError(name, problem)
+        if event_id is not None:
+            problem = check_identifier("event_id", event_id)
+            if problem:
+                raise ValidationError("event_id", problem)
+        clean, _ = clean_metadata(metadata, strict=True)
+        created, stamp = _timestamp_from(timestamp)
+        return cls(event_id or new_event_id(), customer_id, event_name, stamp, clean, created)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object sent to Dodo."""
+        return {"event_id": self.event_id, "customer_id": self.customer_id, "event_name": self.event_name,
+                "timestamp": self.timestamp, "metadata": self.metadata}
+
+    def to_json(self) -> str:
+        """The event serialized once, ASCII-only, so ``len()`` is its size in bytes."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+
+
+def encode_batch(parts: list[str]) -> bytes:
+    """The request body for events already serialized with :meth:`Event.to_json`."""
+    return ('{"events":[' + ",".join(parts) + "]}").encode("ascii")
+

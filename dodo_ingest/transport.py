@@ -1,0 +1,174 @@
+"""HTTP transport: one ``requests.Session`` that POSTs ready-made bodies to ``/events/ingest``.
+
+The transport sends and classifies; it never retries or sleeps (that policy lives in
+:mod:`dodo_ingest.delivery`, where every wait can be interrupted). TLS verification is always on;
+the API key travels only in the ``Authorization`` header and never appears in a repr or a message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import platform
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
+
+from dodo_ingest._version import __version__
+from dodo_ingest.config import Config
+
+USER_AGENT = (f"dodo-ingest-python/{__version__} python/{platform.python_version()} "
+              f"requests/{requests.__version__}")
+INGEST_PATH = "/events/ingest"
+#: How long a Retry-After may make us wait, at most (the official SDK's cap).
+MAX_RETRY_AFTER = 60.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What became of one POST: an HTTP status, or ``status=None`` with the network error's name."""
+
+    status: int | None
+    message: str = ""
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Dodo accepted the request."""
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def retryable(self) -> bool:
+        """Worth sending again with the same event ids: network errors, timeouts, 408, 409, 429, 5xx."""
+        return self.status is None or self.status in (408, 409, 429) or self.status >= 500
+
+
+class Transport(Protocol):
+    """Anything that can POST a body to Dodo (a fake in unit tests, :class:`IngestClient` for real)."""
+
+    def post(self, body: bytes) -> Answer:
+        """Send one request body; never raise."""
+        ...  # pragma: no cover
+
+    def close(self) -> None:
+        """Release connections."""
+        ...  # pragma: no cover
+
+
+class _BearerAuth(AuthBase):
+    """Bearer auth as an ``AuthBase`` so a ``~/.netrc`` entry cannot replace it; repr hides the key."""
+
+    def __init__(self, key: str) -> None:
+        self._header = f"Bearer {key}"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = self._header
+        return request
+
+    def __repr__(self) -> str:
+        return "<BearerAuth ***>"
+
+
+class IngestClient:
+    """POSTs event batches to ``{host}/events/ingest`` over one keep-alive session.
+
+    Create it on the thread that uses it (the flush thread); a ``Session`` is not shared across threads.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.url = config.host + INGEST_PATH
+        self.timeout = (min(config.request_timeout, 5.0), config.request_timeout)
+        self._auth = _BearerAuth(config.api_key or "")
+        self._session: requests.Session | None = None
+
+    def __repr__(self) -> str:
+        return f"<IngestClient {self.url}>"
+
+    def _open(self) -> requests.Session:
+        session = requests.Session()
+        # One connection is all a single flush thread needs; retries are our own (interruptible) policy.
+        session.mount("https://", HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0))
+        session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0))
+        session.headers.update({"User-Agent": USER_AGENT, "Content-Type": "application/json",
+                                "Accept": "application/json"})
+        session.auth = self._auth
+        return session
+
+    def post(self, body: bytes) -> Answer:
+        """Send one body. Never raises: network failures come back as ``Answer(status=None)``."""
+        if self._session is None:
+            self._session = self._open()
+        try:
+            response = self._session.post(self.url, data=body, timeout=self.timeout, verify=True)
+        except requests.Timeout as exc:
+            return Answer(None, f"timeout: {type(exc).__name__}")
+        except requests.RequestException as exc:
+            # Drop the pooled connection: after a reset it may be half-closed.
+            self.close()
+            return Answer(None, f"network error: {type(exc).__name__}")
+        if response.ok:
+            return Answer(response.status_code)
+        return Answer(response.status_code, _error_message(response), parse_retry_after(response.headers))
+
+    def close(self) -> None:
+        """Close the session's connections (idempotent)."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+def _error_message(response: requests.Response) -> str:
+    try:
+        body = response.json()
+        message = body.get("message") or body.get("code") or ""
+    except ValueError:
+        message = response.text[:200]
+    except AttributeError:
+        message = ""
+    return f"HTTP {response.status_code}" + (f": {message}" if message else "")
+
+
+def parse_retry_after(headers: requests.structures.CaseInsensitiveDict[str] | dict[str, str],
+                      now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date), capped at 60."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return min(max(float(millis) / 1000.0, 0.0), MAX_RETRY_AFTER)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = moment.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def check_connection(config: Config) -> tuple[bool, str]:
+    """Check credentials and connectivity with one read-only request (``GET /events?page_size=1``).
+
+    Returns ``(ok, verdict)`` where the verdict is a sentence for a person; never raises, never sends an event.
+    """
+    url = config.host + "/events"
+    try:
+        response = requests.get(url, params={"page_size": 1}, auth=_BearerAuth(config.api_key or ""),
+                                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+                                timeout=(min(config.request_timeout, 5.0), config.request_timeout))
+    except requests.RequestException as exc:
+        return False, f"cannot reach {config.host}: {type(exc).__name__}. Check base_url / the network."
+    if response.status_code in (401, 403):
+        return False, (f"{config.host} rejected the API key (HTTP {response.status_code}): check that it "
+                       f"belongs to {config.environment} and has not been revoked.")
+    if not response.ok:
+        return False, f"{config.host} answered {_error_message(response)}."
+    return True, f"connected to {config.host} ({config.environment}); the API key was accepted."
