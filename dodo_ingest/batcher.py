@@ -82,8 +82,10 @@ class Batcher:
         _live_batchers.add(self)
 
     def __repr__(self) -> str:
-        return (f"<Batcher {self.config.host} event_name={self.config.event_name!r} "
-                f"max_size={self.config.max_batch_size} flush_interval={self.config.flush_interval}s>")
+        return (
+            f"<Batcher {self.config.host} event_name={self.config.event_name!r} "
+            f"max_size={self.config.max_batch_size} flush_interval={self.config.flush_interval}s>"
+        )
 
     # --- per-process state --------------------------------------------------------------------------------
 
@@ -102,6 +104,7 @@ class Batcher:
         self._stopping = False
         self._closed = False
         self._drain_deadline: float | None = None
+        self._shutdown_drops_before = 0
         self._sync_lock = threading.Lock()
         self._sync_deliverer: Deliverer | None = None
 
@@ -183,8 +186,9 @@ class Batcher:
             return True
         with self._sync_lock:
             if self._sync_deliverer is None:
-                self._sync_deliverer = Deliverer(self.config, self._transport_factory(self.config),
-                                                 self.counters, _blocking_sleep, self._log)
+                self._sync_deliverer = Deliverer(
+                    self.config, self._transport_factory(self.config), self.counters, _blocking_sleep, self._log
+                )
             drops = self._sync_deliverer.deliver([Pending(0, event.to_json(), event.created)])
         return not drops
 
@@ -271,8 +275,14 @@ class Batcher:
         for item, message in invalid:
             record_drop(self.counters, config, self._log, [_raw_record(item)], "invalid", message)
         if oversized:
-            record_drop(self.counters, config, self._log, oversized, "too_large",
-                        f"event alone exceeds max_request_bytes={config.max_request_bytes}")
+            record_drop(
+                self.counters,
+                config,
+                self._log,
+                oversized,
+                "too_large",
+                f"event alone exceeds max_request_bytes={config.max_request_bytes}",
+            )
         try:
             if ready:
                 deliverer.deliver(ready)
@@ -350,6 +360,7 @@ class Batcher:
                 return
             self._closed = self._stopping = True
             self._drain_deadline = deadline
+            self._shutdown_drops_before = self.counters.dropped.get("shutdown", 0)
         self._wake.set()
 
     def _finish_shutdown(self) -> bool:
@@ -365,15 +376,22 @@ class Batcher:
             self._queue.clear()
             in_flight = self.counters.in_flight
         if left:
-            record_drop(self.counters, self.config, self._log, [_raw_record(i) for i in left], "shutdown",
-                        "the shutdown deadline passed before these could be delivered")
+            record_drop(
+                self.counters,
+                self.config,
+                self._log,
+                [_raw_record(i) for i in left],
+                "shutdown",
+                "the shutdown deadline passed before these could be delivered",
+            )
             with self._done:
                 self._done_seq = max(self._done_seq, left[-1][0])
                 self._done.notify_all()
         if in_flight:
-            logger.warning("dodo-ingest: %d events were still being sent when the shutdown deadline passed",
-                           in_flight)
-        return not left and not in_flight
+            logger.warning("dodo-ingest: %d events were still being sent when the shutdown deadline passed", in_flight)
+        with self._lock:
+            lost = self.counters.dropped.get("shutdown", 0) - self._shutdown_drops_before
+        return not lost and not in_flight
 
     def _drain_here(self, deadline: float) -> bool:
         """Deliver in the calling thread (no flush thread could run), within ``deadline``."""
@@ -401,15 +419,21 @@ class Batcher:
     def __enter__(self) -> Batcher:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.shutdown()
 
 
 def _raw_record(item: Item) -> dict[str, Any]:
     _, customer_id, event_name, metadata, created, event_id = item
-    return {"event_id": event_id, "customer_id": customer_id, "event_name": event_name,
-            "timestamp": format_timestamp(created), "metadata": metadata}
+    return {
+        "event_id": event_id,
+        "customer_id": customer_id,
+        "event_name": event_name,
+        "timestamp": format_timestamp(created),
+        "metadata": metadata,
+    }
 
 
 def _call_drop_hook(config: Config, records: list[dict[str, Any]], reason: str) -> None:

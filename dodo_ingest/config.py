@@ -58,9 +58,7 @@ def _seconds(lo: float, hi: float) -> Callable[[Any], float]:
 
     def parse(value: Any) -> float:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1000 and value > hi:
-            raise _Invalid(
-                f"is in seconds, not milliseconds: got {value!r}; use {value / 1000:g} for {value:g} ms"
-            )
+            raise _Invalid(f"is in seconds, not milliseconds: got {value!r}; use {value / 1000:g} for {value:g} ms")
         result: float = base(value)
         return result
 
@@ -226,62 +224,140 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("api_key", None, _optional_str("your Dodo Payments API key"),
-            f"Dodo Payments API key. Falls back to the `{ENV_API_KEY}` environment variable. Required unless "
-            "`enabled` is False."),
-    Setting("environment", "test_mode", _environment,
-            "`test_mode` (https://test.dodopayments.com) or `live_mode` (https://live.dodopayments.com). "
-            "Test keys work only in test mode, live keys only in live mode."),
-    Setting("base_url", None, _base_url,
-            f"Overrides the environment's host (falls back to `{ENV_BASE_URL}`), e.g. the local server "
-            "`http://127.0.0.1:8765`. Must be https unless it is a loopback address."),
-    Setting("event_name", "api_call", _event_name,
-            "Event name sent with every event; must equal your meter's event name (case-sensitive)."),
-    Setting("max_batch_size", 100, _number(1, MAX_EVENTS_PER_REQUEST, integer=True),
-            "Flush as soon as this many events are waiting (1-1000). A backlog is always sent in requests of "
-            "up to 1000 events."),
-    Setting("flush_interval", 5.0, _seconds(0.01, 600.0),
-            "Seconds: flush when the oldest waiting event is this old (not a timer reset on every add)."),
-    Setting("max_queue_size", 100_000, _number(1, 10_000_000, integer=True),
-            "Events held in memory at most; beyond it new events are dropped and counted as `queue_full`."),
-    Setting("max_request_bytes", 1_000_000, _number(10_000, 100_000_000, integer=True),
-            "Byte cap of one request body; larger batches are split."),
-    Setting("request_timeout", 10.0, _seconds(0.1, 300.0),
-            "Seconds to wait for Dodo's answer to one request (the connect timeout is min(this, 5))."),
-    Setting("max_retry_time", 600.0, _seconds(0.0, 3000.0),
-            "Seconds a failing batch is retried (exponential backoff with full jitter, honouring "
-            "Retry-After) before its events are dropped as `retries_exhausted`."),
-    Setting("shutdown_timeout", 5.0, _seconds(0.0, 600.0),
-            "Seconds the exit drain (atexit, `shutdown()`) may take; what is left is logged and counted as "
-            "`shutdown`."),
-    Setting("sync_mode", False, _flag,
-            "Send in the calling thread, with the same validation, retry and drop policy (scripts, tests, "
-            "serverless)."),
-    Setting("enabled", True, _flag,
-            "Global kill switch: when False nothing is queued or sent and no API key is needed."),
-    Setting("on_error", None, _callable,
-            "Callable `(error: DeliveryFailure) -> None` called on the flush thread when a request fails. "
-            "Dotted path accepted."),
-    Setting("on_drop", None, _callable,
-            "Callable `(events: list[dict], reason: str) -> None` called with every event that is dropped. "
-            "Dotted path accepted."),
+    Setting(
+        "api_key",
+        None,
+        _optional_str("your Dodo Payments API key"),
+        f"Dodo Payments API key. Falls back to the `{ENV_API_KEY}` environment variable. Required unless "
+        "`enabled` is False.",
+    ),
+    Setting(
+        "environment",
+        "test_mode",
+        _environment,
+        "`test_mode` (https://test.dodopayments.com) or `live_mode` (https://live.dodopayments.com). "
+        "Test keys work only in test mode, live keys only in live mode.",
+    ),
+    Setting(
+        "base_url",
+        None,
+        _base_url,
+        f"Overrides the environment's host (falls back to `{ENV_BASE_URL}`), e.g. the local server "
+        "`http://127.0.0.1:8765`. Must be https unless it is a loopback address.",
+    ),
+    Setting(
+        "event_name",
+        "api_call",
+        _event_name,
+        "Event name sent with every event; must equal your meter's event name (case-sensitive).",
+    ),
+    Setting(
+        "max_batch_size",
+        100,
+        _number(1, MAX_EVENTS_PER_REQUEST, integer=True),
+        "Flush as soon as this many events are waiting (1-1000). A backlog is always sent in requests of "
+        "up to 1000 events.",
+    ),
+    Setting(
+        "flush_interval",
+        5.0,
+        _seconds(0.01, 600.0),
+        "Seconds: flush when the oldest waiting event is this old (not a timer reset on every add).",
+    ),
+    Setting(
+        "max_queue_size",
+        100_000,
+        _number(1, 10_000_000, integer=True),
+        "Events held in memory at most; beyond it new events are dropped and counted as `queue_full`.",
+    ),
+    Setting(
+        "max_request_bytes",
+        1_000_000,
+        _number(10_000, 100_000_000, integer=True),
+        "Byte cap of one request body; larger batches are split.",
+    ),
+    Setting(
+        "request_timeout",
+        10.0,
+        _seconds(0.1, 300.0),
+        "Seconds to wait for Dodo's answer to one request (the connect timeout is min(this, 5)).",
+    ),
+    Setting(
+        "max_retry_time",
+        600.0,
+        _seconds(0.0, 3000.0),
+        "Seconds a failing batch is retried (exponential backoff with full jitter, honouring "
+        "Retry-After) before its events are dropped as `retries_exhausted`.",
+    ),
+    Setting(
+        "shutdown_timeout",
+        5.0,
+        _seconds(0.0, 600.0),
+        "Seconds the exit drain (atexit, `shutdown()`) may take; what is left is logged and counted as `shutdown`.",
+    ),
+    Setting(
+        "sync_mode",
+        False,
+        _flag,
+        "Send in the calling thread, with the same validation, retry and drop policy (scripts, tests, serverless).",
+    ),
+    Setting(
+        "enabled", True, _flag, "Global kill switch: when False nothing is queued or sent and no API key is needed."
+    ),
+    Setting(
+        "on_error",
+        None,
+        _callable,
+        "Callable `(error: DeliveryFailure) -> None` called on the flush thread when a request fails. "
+        "Dotted path accepted.",
+    ),
+    Setting(
+        "on_drop",
+        None,
+        _callable,
+        "Callable `(events: list[dict], reason: str) -> None` called with every event that is dropped. "
+        "Dotted path accepted.",
+    ),
     # --- the request-to-event path (middlewares and extensions) ---
-    Setting("customer_id", None, _callable,
-            "Callable returning the Dodo customer id of a finished request, called after the view ran: "
-            "Django/Flask `(request, response)`, WSGI `(environ, status, headers)`. Dotted path accepted."),
-    Setting("fallback_customer_id", None, _fallback_customer,
-            "Customer id used when none is found; unset (default) means such requests are not sent and are "
-            "counted as `skipped_no_customer`."),
-    Setting("include_paths", None, _paths,
-            "If set, only paths matching one of these are metered. Regexes (full match) or literal prefixes."),
-    Setting("exclude_paths", (), _paths,
-            "Paths never metered, e.g. `[r'/admin/.*', '/healthz']`. Regexes (full match) or literal prefixes."),
+    Setting(
+        "customer_id",
+        None,
+        _callable,
+        "Callable returning the Dodo customer id of a finished request, called after the view ran: "
+        "Django/Flask `(request, response)`, WSGI `(environ, status, headers)`. Dotted path accepted.",
+    ),
+    Setting(
+        "fallback_customer_id",
+        None,
+        _fallback_customer,
+        "Customer id used when none is found; unset (default) means such requests are not sent and are "
+        "counted as `skipped_no_customer`.",
+    ),
+    Setting(
+        "include_paths",
+        None,
+        _paths,
+        "If set, only paths matching one of these are metered. Regexes (full match) or literal prefixes.",
+    ),
+    Setting(
+        "exclude_paths",
+        (),
+        _paths,
+        "Paths never metered, e.g. `[r'/admin/.*', '/healthz']`. Regexes (full match) or literal prefixes.",
+    ),
     Setting("exclude_methods", ("OPTIONS",), _methods, "HTTP methods never metered."),
-    Setting("should_meter", None, _callable,
-            "Callable deciding per request whether to meter it, with the same arguments as `customer_id`."),
-    Setting("extra_metadata", None, _callable,
-            "Callable returning a dict of extra metadata for a request, with the same arguments as "
-            "`customer_id`."),
+    Setting(
+        "should_meter",
+        None,
+        _callable,
+        "Callable deciding per request whether to meter it, with the same arguments as `customer_id`.",
+    ),
+    Setting(
+        "extra_metadata",
+        None,
+        _callable,
+        "Callable returning a dict of extra metadata for a request, with the same arguments as `customer_id`.",
+    ),
     Setting("capture_client_ip", False, _flag, "Add `client_ip` to metadata (personal data: opt-in)."),
     Setting("capture_user_agent", False, _flag, "Add `user_agent` to metadata (personal data: opt-in)."),
 )

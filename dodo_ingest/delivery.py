@@ -72,9 +72,16 @@ def backoff(attempt: int) -> float:
 class Deliverer:
     """Delivers lists of :class:`Pending` events through a :class:`Transport` with the policy above."""
 
-    def __init__(self, config: Config, transport: Transport, counters: Counters,
-                 sleep: Callable[[float], bool], log: RateLimitedLog | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Config,
+        transport: Transport,
+        counters: Counters,
+        sleep: Callable[[float], bool],
+        log: RateLimitedLog | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.transport = transport
         self.counters = counters
@@ -102,8 +109,11 @@ class Deliverer:
             will_retry = answer.retryable and self.clock() - started < self.config.max_retry_time
             self._report(answer, len(batch), will_retry)
             if will_retry:
-                delay = backoff(attempt) if answer.retry_after is None else \
-                    answer.retry_after + random.uniform(0.0, min(1.0, answer.retry_after * 0.1))
+                delay = (
+                    backoff(attempt)
+                    if answer.retry_after is None
+                    else answer.retry_after + random.uniform(0.0, min(1.0, answer.retry_after * 0.1))
+                )
                 attempt += 1
                 if not self.sleep(delay):
                     self._drop(drops, [batch, *work], "shutdown", "shut down while waiting to retry")
@@ -117,11 +127,16 @@ class Deliverer:
                 work.appendleft(batch[middle:])
                 work.appendleft(batch[:middle])
             elif answer.status in (401, 403):
-                self.log.log(logging.ERROR, "auth",
-                             "Dodo rejected the API key (%s) at %s: check that the key belongs to %s "
-                             "(test keys work only in test_mode, live keys only in live_mode) and has not "
-                             "been revoked. Events are dropped as 'unauthorized' until this is fixed.",
-                             answer.message, self.config.host, self.config.environment)
+                self.log.log(
+                    logging.ERROR,
+                    "auth",
+                    "Dodo rejected the API key (%s) at %s: check that the key belongs to %s "
+                    "(test keys work only in test_mode, live keys only in live_mode) and has not "
+                    "been revoked. Events are dropped as 'unauthorized' until this is fixed.",
+                    answer.message,
+                    self.config.host,
+                    self.config.environment,
+                )
                 self._drop(drops, [batch, *work], "unauthorized", answer.message)
                 break
             else:
@@ -141,9 +156,14 @@ class Deliverer:
         message = answer.message or f"HTTP {answer.status}"
         self.counters.error(message)
         if answer.status not in (401, 403):
-            self.log.log(logging.WARNING, f"fail-{answer.status}",
-                         "Dodo request with %d events failed (%s); %s", count, message,
-                         "will retry" if will_retry else "not retrying")
+            self.log.log(
+                logging.WARNING,
+                f"fail-{answer.status}",
+                "Dodo request with %d events failed (%s); %s",
+                count,
+                message,
+                "will retry" if will_retry else "not retrying",
+            )
         callback = self.config.on_error
         if callback is not None:
             call_safely(callback, DeliveryFailure(answer.status, message, count, will_retry))
@@ -153,16 +173,15 @@ class Deliverer:
         if not events:
             return
         drops.append(Dropped(events, reason, message))
-        record_drop(self.counters, self.config, self.log, [json.loads(p.json) for p in events], reason,
-                    message)
+        record_drop(self.counters, self.config, self.log, [json.loads(p.json) for p in events], reason, message)
 
 
-def record_drop(counters: Counters, config: Config, log: RateLimitedLog, events: list[dict[str, Any]],
-                reason: str, message: str) -> None:
+def record_drop(
+    counters: Counters, config: Config, log: RateLimitedLog, events: list[dict[str, Any]], reason: str, message: str
+) -> None:
     """Count, log (rate-limited) and hand to ``on_drop`` events given up on."""
     counters.drop(reason, len(events))
-    log.log(logging.WARNING, f"drop-{reason}", "dodo-ingest dropped %d events (%s): %s",
-            len(events), reason, message)
+    log.log(logging.WARNING, f"drop-{reason}", "dodo-ingest dropped %d events (%s): %s", len(events), reason, message)
     if config.on_drop is not None:
         call_safely(config.on_drop, events, reason)
 

@@ -24,11 +24,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Union
+from typing import Any
 
 from dodo_ingest.errors import ValidationError
 
-MetadataValue = Union[str, int, float, bool]
+MetadataValue = str | int | float | bool
 
 MAX_METADATA_KEYS = 50
 MAX_KEY_LENGTH = 100
@@ -38,6 +38,7 @@ MAX_EVENT_AGE = 3600.0 - 120.0
 
 
 # --- ids --------------------------------------------------------------------------------------------------
+
 
 class _IdSource:
     """Unique, cheap event ids: a random per-process prefix (80 bits) and a counter.
@@ -68,6 +69,7 @@ def new_event_id() -> str:
 
 # --- timestamps -------------------------------------------------------------------------------------------
 
+
 def format_timestamp(epoch: float) -> str:
     """RFC 3339 in UTC with millisecond precision and ``Z``: ``2026-11-21T19:55:30.123Z``."""
     moment = datetime.fromtimestamp(epoch, timezone.utc)
@@ -80,8 +82,9 @@ def _timestamp_from(value: datetime | str | float | None) -> tuple[float, str]:
         return now, format_timestamp(now)
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            raise ValidationError("timestamp", "naive datetime; pass an aware datetime such as "
-                                               "datetime.now(timezone.utc)")
+            raise ValidationError(
+                "timestamp", "naive datetime; pass an aware datetime such as datetime.now(timezone.utc)"
+            )
         epoch = value.timestamp()
         return epoch, format_timestamp(epoch)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -92,15 +95,19 @@ def _timestamp_from(value: datetime | str | float | None) -> tuple[float, str]:
         except ValueError:
             parsed = None
         if parsed is None or parsed.tzinfo is None:
-            raise ValidationError("timestamp", f"{value!r} is not an RFC 3339 timestamp with a time zone "
-                                               "(e.g. '2026-11-21T19:55:30.123Z')")
+            raise ValidationError(
+                "timestamp",
+                f"{value!r} is not an RFC 3339 timestamp with a time zone (e.g. '2026-11-21T19:55:30.123Z')",
+            )
         epoch = parsed.timestamp()
         return epoch, format_timestamp(epoch)
-    raise ValidationError("timestamp", f"expected a datetime, an RFC 3339 string or epoch seconds, "
-                                       f"got {type(value).__name__}")
+    raise ValidationError(
+        "timestamp", f"expected a datetime, an RFC 3339 string or epoch seconds, got {type(value).__name__}"
+    )
 
 
 # --- validation -------------------------------------------------------------------------------------------
+
 
 def check_identifier(name: str, value: Any) -> str | None:
     """The problem with a required string field, or None."""
@@ -120,45 +127,48 @@ def clean_metadata(metadata: Any, *, strict: bool) -> tuple[dict[str, MetadataVa
     if metadata is None:
         return {}, 0
     if not isinstance(metadata, Mapping):
-        raise ValidationError("metadata", f"must be a dict of str -> str/int/float/bool, "
-                                          f"got {type(metadata).__name__}")
+        raise ValidationError("metadata", f"must be a dict of str -> str/int/float/bool, got {type(metadata).__name__}")
     if len(metadata) > MAX_METADATA_KEYS:
-        raise ValidationError("metadata", f"has {len(metadata)} keys; Dodo accepts at most "
-                                          f"{MAX_METADATA_KEYS}")
+        raise ValidationError("metadata", f"has {len(metadata)} keys; Dodo accepts at most {MAX_METADATA_KEYS}")
     clean: dict[str, MetadataValue] = {}
     repairs = 0
     for key, value in metadata.items():
         if not isinstance(key, str) or not key:
             raise ValidationError("metadata", f"keys must be non-empty strings, got {key!r}")
         if len(key) > MAX_KEY_LENGTH:
-            raise ValidationError(f"metadata.{key[:40]}...", f"key is {len(key)} characters; Dodo accepts "
-                                                            f"at most {MAX_KEY_LENGTH}")
+            raise ValidationError(
+                f"metadata.{key[:40]}...", f"key is {len(key)} characters; Dodo accepts at most {MAX_KEY_LENGTH}"
+            )
         kind = type(value)
         if kind is str:
             if len(value) > MAX_VALUE_LENGTH:
                 if strict:
-                    raise ValidationError(f"metadata.{key}", f"value is {len(value)} characters; Dodo "
-                                                             f"accepts at most {MAX_VALUE_LENGTH}")
+                    raise ValidationError(
+                        f"metadata.{key}", f"value is {len(value)} characters; Dodo accepts at most {MAX_VALUE_LENGTH}"
+                    )
                 value = value[:MAX_VALUE_LENGTH]
                 repairs += 1
         elif kind is bool or kind is int:
             pass
         elif kind is float:
             if not math.isfinite(value):
-                raise ValidationError(f"metadata.{key}", f"{value!r} is not a finite number; JSON has no "
-                                                         "NaN or infinity")
+                raise ValidationError(
+                    f"metadata.{key}", f"{value!r} is not a finite number; JSON has no NaN or infinity"
+                )
         elif value is None and not strict:
             repairs += 1
             continue
         elif isinstance(value, (str, int, float)):  # subclasses such as str/int enums: send the plain value
             value = _plain(value)
             if isinstance(value, str) and len(value) > MAX_VALUE_LENGTH:
-                raise ValidationError(f"metadata.{key}", f"value is {len(value)} characters; Dodo "
-                                                         f"accepts at most {MAX_VALUE_LENGTH}")
+                raise ValidationError(
+                    f"metadata.{key}", f"value is {len(value)} characters; Dodo accepts at most {MAX_VALUE_LENGTH}"
+                )
         else:
             raise ValidationError(
-                f"metadata.{key}", f"{type(value).__name__} is not allowed; Dodo metadata is flat: use str, "
-                "int, float or bool (convert it, e.g. str(value), or flatten nested values into their own keys)"
+                f"metadata.{key}",
+                f"{type(value).__name__} is not allowed; Dodo metadata is flat: use str, "
+                "int, float or bool (convert it, e.g. str(value), or flatten nested values into their own keys)",
             )
         clean[key] = value
     return clean, repairs
@@ -168,11 +178,12 @@ def _plain(value: str | int | float) -> MetadataValue:
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, str):
-        return str(value)
+        return str.__str__(value)  # the plain value, even for enums whose __str__ differs
     return int(value) if isinstance(value, int) else float(value)
 
 
 # --- the event --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Event:
@@ -211,8 +222,13 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object sent to Dodo."""
-        return {"event_id": self.event_id, "customer_id": self.customer_id, "event_name": self.event_name,
-                "timestamp": self.timestamp, "metadata": self.metadata}
+        return {
+            "event_id": self.event_id,
+            "customer_id": self.customer_id,
+            "event_name": self.event_name,
+            "timestamp": self.timestamp,
+            "metadata": self.metadata,
+        }
 
     def to_json(self) -> str:
         """The event serialized once, ASCII-only, so ``len()`` is its size in bytes."""
@@ -222,4 +238,3 @@ class Event:
 def encode_batch(parts: list[str]) -> bytes:
     """The request body for events already serialized with :meth:`Event.to_json`."""
     return ('{"events":[' + ",".join(parts) + "]}").encode("ascii")
-

@@ -22,7 +22,6 @@ from dodo_ingest.events import Event
 from dodo_ingest.stats import Counters, RateLimitedLog, Stats
 from dodo_ingest.transport import IngestClient
 
-
 _logger = logging.getLogger("dodo_ingest.ingestion")
 
 
@@ -36,11 +35,21 @@ class Ingestion:
     :class:`~dodo_ingest.errors.ConfigurationError` here, at start-up.
     """
 
-    def __init__(self, api_key: str | None = None, environment: str | None = None,
-                 event_name: str | None = None, *, config: Config | None = None,
-                 transport_factory: TransportFactory = IngestClient, **settings: Any) -> None:
-        given = {k: v for k, v in (("api_key", api_key), ("environment", environment),
-                                   ("event_name", event_name)) if v is not None}
+    def __init__(
+        self,
+        api_key: str | None = None,
+        environment: str | None = None,
+        event_name: str | None = None,
+        *,
+        config: Config | None = None,
+        transport_factory: TransportFactory = IngestClient,
+        **settings: Any,
+    ) -> None:
+        given = {
+            k: v
+            for k, v in (("api_key", api_key), ("environment", environment), ("event_name", event_name))
+            if v is not None
+        }
         if config is None:
             config = Config.load({**settings, **given})
         elif given or settings:
@@ -54,17 +63,26 @@ class Ingestion:
         self._sync_transport: IngestClient | Any = None
 
     def __repr__(self) -> str:
-        return f"<Ingestion {self.config.host} environment={self.config.environment} " \
-               f"event_name={self.config.event_name!r}>"
+        return (
+            f"<Ingestion {self.config.host} environment={self.config.environment} "
+            f"event_name={self.config.event_name!r}>"
+        )
 
     # --- building and sending events synchronously ----------------------------------------------------------
 
-    def event(self, customer_id: str, metadata: Mapping[str, Any] | None = None, *,
-              event_name: str | None = None, event_id: str | None = None,
-              timestamp: datetime | str | float | None = None) -> Event:
+    def event(
+        self,
+        customer_id: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        event_name: str | None = None,
+        event_id: str | None = None,
+        timestamp: datetime | str | float | None = None,
+    ) -> Event:
         """Build and validate one event; raises :class:`ValidationError` naming the bad field."""
-        return Event.create(customer_id, event_name or self.config.event_name, metadata,
-                            event_id=event_id, timestamp=timestamp)
+        return Event.create(
+            customer_id, event_name or self.config.event_name, metadata, event_id=event_id, timestamp=timestamp
+        )
 
     def send(self, events: Iterable[Event]) -> int:
         """Send events now, in this thread, with the retry policy of the batcher; return how many.
@@ -83,11 +101,12 @@ class Ingestion:
         with self._sync_lock:
             if self._sync_transport is None:
                 self._sync_transport = self._transport_factory(self.config)
-            deliverer = Deliverer(self.config, self._sync_transport, self._sync_counters, _blocking_sleep,
-                                  RateLimitedLog(_logger))
+            deliverer = Deliverer(
+                self.config, self._sync_transport, self._sync_counters, _blocking_sleep, RateLimitedLog(_logger)
+            )
             drops = []
             for start in range(0, len(events), 1000):
-                chunk = [Pending(0, e.to_json(), e.created or time.time()) for e in events[start:start + 1000]]
+                chunk = [Pending(0, e.to_json(), e.created or time.time()) for e in events[start : start + 1000]]
                 drops.extend(deliverer.deliver(chunk))
         if drops:
             first = drops[0]
@@ -95,15 +114,17 @@ class Ingestion:
             message = f"{count} of {len(events)} events not delivered ({first.reason}): {first.message}"
             if first.reason == "unauthorized":
                 raise AuthenticationError(
-                    f"{message}. Check that the API key belongs to {self.config.environment} "
-                    f"({self.config.host}).", reason=first.reason)
+                    f"{message}. Check that the API key belongs to {self.config.environment} ({self.config.host}).",
+                    reason=first.reason,
+                )
             raise DeliveryError(message, reason=first.reason)
         return len(events)
 
     # --- batching --------------------------------------------------------------------------------------------
 
-    def create_batch(self, max_size: int | None = None, flush_interval: float | None = None,
-                     **settings: Any) -> Batcher:
+    def create_batch(
+        self, max_size: int | None = None, flush_interval: float | None = None, **settings: Any
+    ) -> Batcher:
         """A new :class:`Batcher` with this configuration (``max_size`` = ``max_batch_size``)."""
         changes = dict(settings)
         if max_size is not None:
@@ -140,26 +161,29 @@ class Ingestion:
         return done
 
 
-def track_api_call(ingestion: Ingestion, customer_id: str, metadata: Mapping[str, Any] | None = None, *,
-                   event_name: str | None = None, event_id: str | None = None,
-                   timestamp: datetime | str | float | None = None) -> Event:
+def track_api_call(
+    ingestion: Ingestion,
+    customer_id: str,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    event_name: str | None = None,
+    event_id: str | None = None,
+    timestamp: datetime | str | float | None = None,
+) -> Event:
     """Send one API-call event now and return it.
 
     Raises :class:`ValidationError` (naming the field) for bad input, :class:`AuthenticationError` for a
     rejected key and :class:`DeliveryError` when Dodo does not accept it. Pass ``event_id`` (e.g. your own
     request id) to make your own retries of this call safe: Dodo ignores an id it has already ingested.
     """
-    event = ingestion.event(customer_id, metadata, event_name=event_name, event_id=event_id,
-                            timestamp=timestamp)
+    event = ingestion.event(customer_id, metadata, event_name=event_name, event_id=event_id, timestamp=timestamp)
     ingestion.send([event])
     return event
 
 
-def create_batch(ingestion: Ingestion, max_size: int = 100, flush_interval: float = 5.0,
-                 **settings: Any) -> Batcher:
+def create_batch(ingestion: Ingestion, max_size: int = 100, flush_interval: float = 5.0, **settings: Any) -> Batcher:
     """A background batch: ``add()`` is O(1) and never raises; call ``cleanup()`` (also run at exit).
 
     ``flush_interval`` is in seconds (the JavaScript blueprint's ``flushInterval`` is in milliseconds).
     """
     return ingestion.create_batch(max_size=max_size, flush_interval=flush_interval, **settings)
-

@@ -11,6 +11,7 @@ adapter opens with :meth:`Meter.begin`).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import time
@@ -34,12 +35,16 @@ class Annotations:
     exempt: bool = False
 
 
-_current: contextvars.ContextVar[Annotations | None] = contextvars.ContextVar("dodo_ingest_request",
-                                                                            default=None)
+_current: contextvars.ContextVar[Annotations | None] = contextvars.ContextVar("dodo_ingest_request", default=None)
 
 
-def annotate(*, customer_id: str | None = None, event_name: str | None = None, exempt: bool | None = None,
-             metadata: Mapping[str, Any] | None = None) -> bool:
+def annotate(
+    *,
+    customer_id: str | None = None,
+    event_name: str | None = None,
+    exempt: bool | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> bool:
     """Tell the metering middleware about the current request, from inside a view.
 
     ``customer_id`` wins over every other way of finding the customer; ``event_name`` replaces the
@@ -116,10 +121,9 @@ class Meter:
     @staticmethod
     def end(token: contextvars.Token[Annotations | None]) -> None:
         """Close what :meth:`begin` opened (call it in the same context, before the response is sent)."""
-        try:
+        # In a different context (e.g. a streamed body finishing elsewhere) there is nothing to undo.
+        with contextlib.suppress(ValueError):
             _current.reset(token)
-        except ValueError:  # a different context (e.g. a streamed body finishing elsewhere): nothing to undo
-            pass
 
     def skip(self, reason: str = "filtered") -> None:
         """Count a request that is not metered (``filtered`` by default)."""
@@ -127,9 +131,14 @@ class Meter:
 
     # --- once the response is finished --------------------------------------------------------------------
 
-    def record(self, facts: RequestFacts, *, annotations: Annotations | None = None,
-               hook_args: tuple[Any, ...] = (), default_customer: Callable[[], str | None] | None = None,
-               ) -> bool:
+    def record(
+        self,
+        facts: RequestFacts,
+        *,
+        annotations: Annotations | None = None,
+        hook_args: tuple[Any, ...] = (),
+        default_customer: Callable[[], str | None] | None = None,
+    ) -> bool:
         """Build and queue the event for a finished request; never raises. Returns whether it was queued.
 
         The customer is, in this order: ``annotate(customer_id=...)``, ``facts.customer_id``, the configured
@@ -143,8 +152,13 @@ class Meter:
             self.batcher.counters.skip("hook_error")
             return False
 
-    def _record(self, facts: RequestFacts, annotations: Annotations, hook_args: tuple[Any, ...],
-                default_customer: Callable[[], str | None] | None) -> bool:
+    def _record(
+        self,
+        facts: RequestFacts,
+        annotations: Annotations,
+        hook_args: tuple[Any, ...],
+        default_customer: Callable[[], str | None] | None,
+    ) -> bool:
         config = self.config
         if annotations.exempt:
             self.skip("filtered")

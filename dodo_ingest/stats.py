@@ -55,10 +55,19 @@ class Stats:
 
     def as_dict(self) -> dict[str, Any]:
         """The snapshot as plain data (for logs, health endpoints, JSON)."""
-        return {"accepted": self.accepted, "sent": self.sent, "retried": self.retried,
-                "requests": self.requests, "repaired": self.repaired, "queued": self.queued,
-                "in_flight": self.in_flight, "dropped": dict(self.dropped), "skipped": dict(self.skipped),
-                "last_error": self.last_error, "last_error_at": self.last_error_at}
+        return {
+            "accepted": self.accepted,
+            "sent": self.sent,
+            "retried": self.retried,
+            "requests": self.requests,
+            "repaired": self.repaired,
+            "queued": self.queued,
+            "in_flight": self.in_flight,
+            "dropped": dict(self.dropped),
+            "skipped": dict(self.skipped),
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+        }
 
 
 class Counters:
@@ -99,9 +108,19 @@ class Counters:
 
     def snapshot(self, queued: int) -> Stats:
         """Freeze the counters (``queued`` is read by the caller under the same lock)."""
-        return Stats(self.accepted, self.sent, self.retried, self.requests, self.repaired, queued,
-                     self.in_flight, dict(self.dropped), dict(self.skipped), self.last_error,
-                     self.last_error_at)
+        return Stats(
+            self.accepted,
+            self.sent,
+            self.retried,
+            self.requests,
+            self.repaired,
+            queued,
+            self.in_flight,
+            dict(self.dropped),
+            dict(self.skipped),
+            self.last_error,
+            self.last_error_at,
+        )
 
 
 class RateLimitedLog:

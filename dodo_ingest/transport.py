@@ -20,8 +20,7 @@ from requests.auth import AuthBase
 from dodo_ingest._version import __version__
 from dodo_ingest.config import Config
 
-USER_AGENT = (f"dodo-ingest-python/{__version__} python/{platform.python_version()} "
-              f"requests/{requests.__version__}")
+USER_AGENT = f"dodo-ingest-python/{__version__} python/{platform.python_version()} requests/{requests.__version__}"
 INGEST_PATH = "/events/ingest"
 #: How long a Retry-After may make us wait, at most (the official SDK's cap).
 MAX_RETRY_AFTER = 60.0
@@ -92,8 +91,9 @@ class IngestClient:
         # One connection is all a single flush thread needs; retries are our own (interruptible) policy.
         session.mount("https://", HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0))
         session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0))
-        session.headers.update({"User-Agent": USER_AGENT, "Content-Type": "application/json",
-                                "Accept": "application/json"})
+        session.headers.update(
+            {"User-Agent": USER_AGENT, "Content-Type": "application/json", "Accept": "application/json"}
+        )
         session.auth = self._auth
         return session
 
@@ -131,8 +131,9 @@ def _error_message(response: requests.Response) -> str:
     return f"HTTP {response.status_code}" + (f": {message}" if message else "")
 
 
-def parse_retry_after(headers: requests.structures.CaseInsensitiveDict[str] | dict[str, str],
-                      now: float | None = None) -> float | None:
+def parse_retry_after(
+    headers: requests.structures.CaseInsensitiveDict[str] | dict[str, str], now: float | None = None
+) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date), capped at 60."""
     millis = headers.get("retry-after-ms")
     if millis:
@@ -161,14 +162,20 @@ def check_connection(config: Config) -> tuple[bool, str]:
     """
     url = config.host + "/events"
     try:
-        response = requests.get(url, params={"page_size": 1}, auth=_BearerAuth(config.api_key or ""),
-                                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-                                timeout=(min(config.request_timeout, 5.0), config.request_timeout))
+        response = requests.get(
+            url,
+            params={"page_size": 1},
+            auth=_BearerAuth(config.api_key or ""),
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            timeout=(min(config.request_timeout, 5.0), config.request_timeout),
+        )
     except requests.RequestException as exc:
         return False, f"cannot reach {config.host}: {type(exc).__name__}. Check base_url / the network."
     if response.status_code in (401, 403):
-        return False, (f"{config.host} rejected the API key (HTTP {response.status_code}): check that it "
-                       f"belongs to {config.environment} and has not been revoked.")
+        return False, (
+            f"{config.host} rejected the API key (HTTP {response.status_code}): check that it "
+            f"belongs to {config.environment} and has not been revoked."
+        )
     if not response.ok:
         return False, f"{config.host} answered {_error_message(response)}."
     return True, f"connected to {config.host} ({config.environment}); the API key was accepted."
