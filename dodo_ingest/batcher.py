@@ -198,6 +198,7 @@ class Batcher:
                 return
             thread = threading.Thread(target=self._run, name="dodo-ingest-flush", daemon=True)
             self._thread = thread
+        _hook_multiprocessing_exit()
         try:
             thread.start()
         except RuntimeError:  # at interpreter shutdown no thread can start: the exit drain sends instead
@@ -457,11 +458,25 @@ _live_batchers: weakref.WeakSet[Batcher] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for batcher in list(_live_batchers):
         batcher._after_fork()
-    if "multiprocessing" in sys.modules:
-        # multiprocessing children leave through os._exit, which skips atexit: use its own finalizers.
-        from multiprocessing import util
 
-        util.Finalize(None, drain_all, exitpriority=100)
+
+_exit_hook_pid = 0
+
+
+def _hook_multiprocessing_exit() -> None:
+    """multiprocessing children leave through ``os._exit``, which skips atexit: drain in its finalizers.
+
+    Called when a flush thread starts; multiprocessing clears its finalizers when a child starts, so this
+    must run in the child itself, not at fork time.
+    """
+    global _exit_hook_pid
+    multiprocessing = sys.modules.get("multiprocessing")
+    if multiprocessing is None or _exit_hook_pid == os.getpid() or multiprocessing.parent_process() is None:
+        return
+    _exit_hook_pid = os.getpid()
+    from multiprocessing import util
+
+    util.Finalize(None, drain_all, exitpriority=100)
 
 
 def drain_all() -> None:

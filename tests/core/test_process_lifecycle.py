@@ -1,0 +1,125 @@
+"""Interpreter exit drains the queue; forked children (os.fork, multiprocessing) deliver their own events."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dodo_ingest import Ingestion
+from dodo_ingest.localserver import Fault, LocalDodoServer
+from tests.conftest import TEST_KEY
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_script(code: str, server: LocalDodoServer) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DODO_PAYMENTS_API_KEY": TEST_KEY, "DODO_PAYMENTS_BASE_URL": server.url,
+           "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_interpreter_exit_drains_the_queue(dodo_server: LocalDodoServer) -> None:
+    result = run_script(
+        """
+        from dodo_ingest import Ingestion, create_batch
+        batch = create_batch(Ingestion(), max_size=1000, flush_interval=600)
+        for i in range(250):
+            batch.add("cus_exit", {"i": i})
+        # no flush, no cleanup: the atexit drain must deliver
+        """,
+        dodo_server,
+    )
+    assert result.returncode == 0, result.stderr
+    assert dodo_server.wait_for_events(250, timeout=10)
+    assert len({e["event_id"] for e in dodo_server.events()}) == 250
+
+
+def test_exit_is_bounded_by_the_shutdown_deadline_and_says_what_was_lost(dodo_server: LocalDodoServer) -> None:
+    dodo_server.add_faults(Fault(status=503, retry_after="60", repeat=50))
+    result = run_script(
+        """
+        from dodo_ingest import Ingestion, create_batch
+        batch = create_batch(Ingestion(shutdown_timeout=1.0), max_size=1000, flush_interval=600)
+        for i in range(20):
+            batch.add("cus_exit", {"i": i})
+        """,
+        dodo_server,
+    )
+    assert result.returncode == 0
+    assert "dropped 20 events (shutdown)" in result.stderr
+    assert TEST_KEY not in result.stderr
+    assert dodo_server.event_count() == 0
+
+
+def test_exit_drain_works_when_the_thread_never_started(dodo_server: LocalDodoServer) -> None:
+    """Events added from an atexit handler registered earlier (so it runs later): no new thread can start."""
+    result = run_script(
+        """
+        import atexit
+        from dodo_ingest import Ingestion, create_batch
+        batch = create_batch(Ingestion(), max_size=1000, flush_interval=600)
+        # Runs before dodo-ingest's own exit drain (atexit is LIFO); on Python >= 3.12 no thread can start
+        # any more at this point, so the drain must send from the exiting thread itself.
+        atexit.register(lambda: batch.add("cus_exit", {"i": 0}))
+        """,
+        dodo_server,
+    )
+    assert result.returncode == 0, result.stderr
+    assert dodo_server.event_count() == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_delivers_its_own_events_and_never_the_parents(dodo_server: LocalDodoServer) -> None:
+    ingestion = Ingestion(api_key=TEST_KEY, base_url=dodo_server.url)
+    batch = ingestion.create_batch(max_size=1000, flush_interval=600)
+    try:
+        for i in range(5):
+            batch.add("cus_parent", {"i": i})  # started the parent's thread; still queued at fork time
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 1
+            try:
+                for i in range(7):
+                    batch.add("cus_child", {"i": i})
+                code = 0 if batch.flush(timeout=10) and batch.stats().sent == 7 else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert batch.flush(timeout=10)
+        assert len(dodo_server.events(customer_id="cus_child")) == 7
+        assert len(dodo_server.events(customer_id="cus_parent")) == 5
+        assert len({e["event_id"] for e in dodo_server.events()}) == 12
+    finally:
+        batch.shutdown(timeout=5)
+
+
+def _child_adds(batch: object, n: int) -> None:
+    for i in range(n):
+        batch.add("cus_mp", {"i": i})  # type: ignore[attr-defined]
+    # no flush: multiprocessing children leave through os._exit; the finalizer must drain
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork start method")
+def test_multiprocessing_children_drain_at_exit(dodo_server: LocalDodoServer) -> None:
+    ingestion = Ingestion(api_key=TEST_KEY, base_url=dodo_server.url)
+    batch = ingestion.create_batch(max_size=1000, flush_interval=600)
+    batch.add("cus_parent", {"i": 0})
+    context = multiprocessing.get_context("fork")
+    children = [context.Process(target=_child_adds, args=(batch, 40)) for _ in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(30)
+        assert child.exitcode == 0
+    assert batch.flush(timeout=10)
+    assert dodo_server.wait_for_events(81, timeout=10)
+    assert len({e["event_id"] for e in dodo_server.events()}) == 81
+    batch.shutdown(timeout=5)
