@@ -15,6 +15,7 @@ and delivers what it had queued). At interpreter exit every live batcher drains 
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import sys
@@ -33,6 +34,7 @@ from dodo_ingest.events import (
     Event,
     check_identifier,
     clean_metadata,
+    encode_event,
     format_timestamp,
     new_event_id,
 )
@@ -50,13 +52,16 @@ TransportFactory = Callable[[Config], Transport]
 _capture_sinks: list[Callable[[Event | None, str | None], None]] = []
 
 
-def prepare(item: Item, counters: Counters) -> Event:
-    """Validate (lenient policy) and build the event for a queued item; raise ValidationError to drop it."""
+def validate_item(item: Item, counters: Counters) -> tuple[str, str, str, str, dict[str, Any]]:
+    """Validate a queued item (lenient policy): ``(event_id, customer_id, event_name, timestamp, metadata)``.
+
+    Raises ValidationError to drop it. Fixes the event id here, once; retries reuse the serialized event.
+    """
     _, customer_id, event_name, metadata, created, event_id = item
-    for name, value in (("customer_id", customer_id), ("event_name", event_name)):
-        problem = check_identifier(name, value)
-        if problem:
-            raise ValidationError(name, problem)
+    if type(customer_id) is not str or not customer_id.strip():
+        raise ValidationError("customer_id", check_identifier("customer_id", customer_id) or "invalid")
+    if type(event_name) is not str or not event_name.strip():
+        raise ValidationError("event_name", check_identifier("event_name", event_name) or "invalid")
     if event_id is not None:
         problem = check_identifier("event_id", event_id)
         if problem:
@@ -64,7 +69,12 @@ def prepare(item: Item, counters: Counters) -> Event:
     clean, repairs = clean_metadata(metadata, strict=False)
     if repairs:
         counters.add("repaired", repairs)
-    return Event(event_id or new_event_id(), customer_id, event_name, format_timestamp(created), clean, created)
+    return event_id or new_event_id(), customer_id, event_name, format_timestamp(created), clean
+
+
+def prepare(item: Item, counters: Counters) -> Event:
+    """Validate a queued item and build its :class:`Event` (capture and sync modes)."""
+    return Event(*validate_item(item, counters), created=item[4])
 
 
 class Batcher:
@@ -259,20 +269,20 @@ class Batcher:
         oversized: list[dict[str, Any]] = []
         for index, item in enumerate(items):
             try:
-                event = prepare(item, self.counters)
+                fields = validate_item(item, self.counters)
             except ValidationError as exc:
                 invalid.append((item, str(exc)))
                 continue
-            encoded = event.to_json()
+            encoded = encode_event(*fields)
             if len('{"events":[]}') + len(encoded) > config.max_request_bytes:
-                oversized.append(event.to_dict())
+                oversized.append(json.loads(encoded))
                 continue
             if size + len(encoded) + 1 > config.max_request_bytes:
                 self._give_back(items[index:])
                 items = items[:index]
                 break
             size += len(encoded) + 1
-            ready.append(Pending(item[0], encoded, event.created))
+            ready.append(Pending(item[0], encoded, item[4]))
         for item, message in invalid:
             record_drop(self.counters, config, self._log, [_raw_record(item)], "invalid", message)
         if oversized:

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -70,10 +70,21 @@ def new_event_id() -> str:
 # --- timestamps -------------------------------------------------------------------------------------------
 
 
+_second_prefix: tuple[int, str] = (-1, "")
+
+
 def format_timestamp(epoch: float) -> str:
-    """RFC 3339 in UTC with millisecond precision and ``Z``: ``2026-11-21T19:55:30.123Z``."""
-    moment = datetime.fromtimestamp(epoch, timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """RFC 3339 in UTC with millisecond precision and ``Z``: ``2026-11-21T19:55:30.123Z``.
+
+    The ``YYYY-MM-DDTHH:MM:SS`` part is cached per second: this runs once per event on the flush thread.
+    """
+    global _second_prefix
+    second = math.floor(epoch)
+    cached_second, prefix = _second_prefix
+    if second != cached_second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second_prefix = (second, prefix)
+    return f"{prefix}.{min(int((epoch - second) * 1000), 999):03d}Z"
 
 
 def _timestamp_from(value: datetime | str | float | None) -> tuple[float, str]:
@@ -126,6 +137,8 @@ def clean_metadata(metadata: Any, *, strict: bool) -> tuple[dict[str, MetadataVa
     """
     if metadata is None:
         return {}, 0
+    if not strict and type(metadata) is dict and _plainly_valid(metadata):
+        return metadata, 0
     if not isinstance(metadata, Mapping):
         raise ValidationError("metadata", f"must be a dict of str -> str/int/float/bool, got {type(metadata).__name__}")
     if len(metadata) > MAX_METADATA_KEYS:
@@ -172,6 +185,25 @@ def clean_metadata(metadata: Any, *, strict: bool) -> tuple[dict[str, MetadataVa
             )
         clean[key] = value
     return clean, repairs
+
+
+def _plainly_valid(metadata: dict[Any, Any]) -> bool:
+    """The common case, checked without building anything: every key and value already fine as is."""
+    if len(metadata) > MAX_METADATA_KEYS:
+        return False
+    for key, value in metadata.items():
+        if type(key) is not str or not 0 < len(key) <= MAX_KEY_LENGTH:
+            return False
+        kind = type(value)
+        if kind is str:
+            if len(value) > MAX_VALUE_LENGTH:
+                return False
+        elif kind is float:
+            if value - value != 0.0:  # NaN or an infinity
+                return False
+        elif kind is not int and kind is not bool:
+            return False
+    return True
 
 
 def _plain(value: str | int | float) -> MetadataValue:
@@ -232,7 +264,36 @@ class Event:
 
     def to_json(self) -> str:
         """The event serialized once, ASCII-only, so ``len()`` is its size in bytes."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+        return encode_event(self.event_id, self.customer_id, self.event_name, self.timestamp, self.metadata)
+
+
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+def _metadata_encoder() -> Callable[[Mapping[str, MetadataValue]], str]:
+    """JSON for flat, validated metadata. ``json.dumps`` builds a new C encoder on every call; this one is
+    built once (no circular-reference check: metadata is flat by the time it gets here)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is not None:
+        try:
+            encoder = make(None, None, _quote, None, ":", ",", False, False, False)
+        except TypeError:  # pragma: no cover - a future signature
+            pass
+        else:
+            return lambda metadata: "".join(encoder(metadata, 0))
+    return json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode  # pragma: no cover
+
+
+_encode_metadata = _metadata_encoder()
+
+
+def encode_event(event_id: str, customer_id: str, event_name: str, timestamp: str,
+                 metadata: Mapping[str, MetadataValue]) -> str:
+    """One event as ASCII JSON (``len()`` is its size in bytes), without building an intermediate dict."""
+    return (
+        f'{{"event_id":{_quote(event_id)},"customer_id":{_quote(customer_id)},'
+        f'"event_name":{_quote(event_name)},"timestamp":"{timestamp}","metadata":{_encode_metadata(metadata)}}}'
+    )
 
 
 def encode_batch(parts: list[str]) -> bytes:

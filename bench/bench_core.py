@@ -1,0 +1,174 @@
+"""Core benchmarks: caller-side cost of ``add()``, end-to-end events/s into the local server, memory.
+
+    python bench/bench_core.py            # full run (~1 minute)
+    python bench/bench_core.py --quick    # smaller counts
+
+The local server runs in a separate process (as Dodo would be), so the SDK's flush thread does not share
+the GIL with it. Prints a Markdown table for the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dodo_ingest import Ingestion  # noqa: E402
+from dodo_ingest.config import Config  # noqa: E402
+from dodo_ingest.transport import Answer  # noqa: E402
+
+KEY = "sk_bench_key"
+METADATA = {"endpoint": "/api/v1/items/<int:item_id>", "method": "GET", "status_code": 200,
+            "response_time_ms": 12.5, "request_bytes": 0, "response_bytes": 512}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "dodo_ingest.localserver", "--port", str(port),
+                             "--db", ":memory:", "--api-key", KEY], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url + "/_local/stats", timeout=1)
+            return proc, url
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("local server did not start")
+
+
+def bench_add(url: str, calls: int) -> tuple[float, float, float]:
+    """p50 / p99 / mean nanoseconds of one add(), the flush thread running and sending meanwhile."""
+    batch = Ingestion(api_key=KEY, base_url=url).create_batch(max_size=100, flush_interval=5.0,
+                                                               max_queue_size=calls + 10)
+    add, clock = batch.add, time.perf_counter_ns
+    for _ in range(2000):  # warm up, start the thread
+        add("cus_bench", METADATA)
+    samples = [0] * calls
+    gc.disable()
+    try:
+        for i in range(calls):
+            t0 = clock()
+            add("cus_bench", METADATA)
+            samples[i] = clock() - t0
+    finally:
+        gc.enable()
+    overhead = min(_timer_overhead() for _ in range(5))
+    batch.shutdown(timeout=60)
+    samples.sort()
+    return (samples[len(samples) // 2] - overhead, samples[int(len(samples) * 0.99)] - overhead,
+            statistics.fmean(samples) - overhead)
+
+
+def _timer_overhead() -> int:
+    clock = time.perf_counter_ns
+    values = []
+    for _ in range(10000):
+        t0 = clock()
+        values.append(clock() - t0)
+    values.sort()
+    return values[len(values) // 2]
+
+
+def bench_throughput(url: str, events: int) -> tuple[float, int]:
+    """Events per second from the first add() to the moment flush() confirms delivery."""
+    requests.delete(url + "/_local/events", timeout=10)
+    batch = Ingestion(api_key=KEY, base_url=url).create_batch(max_size=1000, flush_interval=5.0,
+                                                               max_queue_size=events + 10)
+    start = time.perf_counter()
+    for _ in range(events):
+        batch.add("cus_bench", METADATA)
+    assert batch.flush(timeout=300), "flush timed out"
+    elapsed = time.perf_counter() - start
+    stats = batch.stats()
+    batch.shutdown()
+    stored = requests.get(url + "/_local/stats", timeout=10).json()["event_count"]
+    assert stats.sent == events == stored, (stats, stored)
+    return events / elapsed, stats.requests
+
+
+class _Stuck:
+    """A transport that never answers until released: everything stays queued."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+
+    def post(self, body: bytes) -> Answer:
+        self.release.wait()
+        return Answer(200)
+
+    def close(self) -> None:
+        pass
+
+
+def bench_memory(events: int) -> float:
+    """Bytes of memory held per queued event (tracemalloc), the flush thread stuck on a request."""
+    release = threading.Event()
+    config = Config.load({"api_key": KEY, "max_queue_size": events * 2})
+    batch = Ingestion(config=config, transport_factory=lambda c: _Stuck(release)).create_batch(
+        max_size=1000, flush_interval=600)
+    batch.add("cus_bench", METADATA)  # start the thread before measuring
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(events):
+        batch.add("cus_bench", {**METADATA, "response_time_ms": float(i)})
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    release.set()
+    batch.shutdown(timeout=10)
+    return (after - before) / events
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts")
+    args = parser.parse_args()
+    calls = 100_000 if args.quick else 300_000
+    volume = 100_000 if args.quick else 300_000
+    proc, url = start_server()
+    try:
+        p50, p99, mean = bench_add(url, calls)
+        rates = [bench_throughput(url, volume) for _ in range(1 if args.quick else 3)]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    memory = bench_memory(10_000)
+    rate, posts = max(rates)
+    print(f"\nPython {platform.python_version()}, {os.cpu_count()} cores, {platform.machine()}\n")
+    print("| measure | result | target |")
+    print("|---|---|---|")
+    print(f"| `add()` p50 over {calls:,} calls (flush thread running) | {p50 / 1000:.2f} µs | ≤ 2 µs |")
+    print(f"| `add()` p99 | {p99 / 1000:.2f} µs | ≤ 10 µs |")
+    print(f"| `add()` mean | {mean / 1000:.2f} µs | |")
+    print(f"| end to end into the local server ({volume:,} events, {posts} requests, best of "
+          f"{len(rates)}) | {rate:,.0f} events/s | ≥ 100,000 events/s |")
+    print(f"| memory per 10k queued events | {memory * 10_000 / 1e6:.2f} MB ({memory:.0f} B/event) "
+          f"| ≤ 10 MB |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
