@@ -32,8 +32,14 @@ from dodo_ingest.config import Config  # noqa: E402
 from dodo_ingest.transport import Answer  # noqa: E402
 
 KEY = "sk_bench_key"
-METADATA = {"endpoint": "/api/v1/items/<int:item_id>", "method": "GET", "status_code": 200,
-            "response_time_ms": 12.5, "request_bytes": 0, "response_bytes": 512}
+METADATA = {
+    "endpoint": "/api/v1/items/<int:item_id>",
+    "method": "GET",
+    "status_code": 200,
+    "response_time_ms": 12.5,
+    "request_bytes": 0,
+    "response_bytes": 512,
+}
 
 
 def free_port() -> int:
@@ -44,9 +50,12 @@ def free_port() -> int:
 
 def start_server() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "dodo_ingest.localserver", "--port", str(port),
-                             "--db", ":memory:", "--api-key", KEY], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dodo_ingest.localserver", "--port", str(port), "--db", ":memory:", "--api-key", KEY],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -61,8 +70,9 @@ def start_server() -> tuple[subprocess.Popen[bytes], str]:
 
 def bench_add(url: str, calls: int) -> tuple[float, float, float]:
     """p50 / p99 / mean nanoseconds of one add(), the flush thread running and sending meanwhile."""
-    batch = Ingestion(api_key=KEY, base_url=url).create_batch(max_size=100, flush_interval=5.0,
-                                                               max_queue_size=calls + 10)
+    batch = Ingestion(api_key=KEY, base_url=url).create_batch(
+        max_size=100, flush_interval=5.0, max_queue_size=calls + 10
+    )
     add, clock = batch.add, time.perf_counter_ns
     for _ in range(2000):  # warm up, start the thread
         add("cus_bench", METADATA)
@@ -78,8 +88,11 @@ def bench_add(url: str, calls: int) -> tuple[float, float, float]:
     overhead = min(_timer_overhead() for _ in range(5))
     batch.shutdown(timeout=60)
     samples.sort()
-    return (samples[len(samples) // 2] - overhead, samples[int(len(samples) * 0.99)] - overhead,
-            statistics.fmean(samples) - overhead)
+    return (
+        samples[len(samples) // 2] - overhead,
+        samples[int(len(samples) * 0.99)] - overhead,
+        statistics.fmean(samples) - overhead,
+    )
 
 
 def _timer_overhead() -> int:
@@ -95,8 +108,9 @@ def _timer_overhead() -> int:
 def bench_throughput(url: str, events: int) -> tuple[float, int]:
     """Events per second from the first add() to the moment flush() confirms delivery."""
     requests.delete(url + "/_local/events", timeout=10)
-    batch = Ingestion(api_key=KEY, base_url=url).create_batch(max_size=1000, flush_interval=5.0,
-                                                               max_queue_size=events + 10)
+    batch = Ingestion(api_key=KEY, base_url=url).create_batch(
+        max_size=1000, flush_interval=5.0, max_queue_size=events + 10
+    )
     start = time.perf_counter()
     for _ in range(events):
         batch.add("cus_bench", METADATA)
@@ -128,7 +142,8 @@ def bench_memory(events: int) -> float:
     release = threading.Event()
     config = Config.load({"api_key": KEY, "max_queue_size": events * 2})
     batch = Ingestion(config=config, transport_factory=lambda c: _Stuck(release)).create_batch(
-        max_size=1000, flush_interval=600)
+        max_size=1000, flush_interval=600
+    )
     batch.add("cus_bench", METADATA)  # start the thread before measuring
     gc.collect()
     tracemalloc.start()
@@ -163,10 +178,11 @@ def main() -> int:
     print(f"| `add()` p50 over {calls:,} calls (flush thread running) | {p50 / 1000:.2f} µs | ≤ 2 µs |")
     print(f"| `add()` p99 | {p99 / 1000:.2f} µs | ≤ 10 µs |")
     print(f"| `add()` mean | {mean / 1000:.2f} µs | |")
-    print(f"| end to end into the local server ({volume:,} events, {posts} requests, best of "
-          f"{len(rates)}) | {rate:,.0f} events/s | ≥ 100,000 events/s |")
-    print(f"| memory per 10k queued events | {memory * 10_000 / 1e6:.2f} MB ({memory:.0f} B/event) "
-          f"| ≤ 10 MB |")
+    print(
+        f"| end to end into the local server ({volume:,} events, {posts} requests, best of "
+        f"{len(rates)}) | {rate:,.0f} events/s | ≥ 100,000 events/s |"
+    )
+    print(f"| memory per 10k queued events | {memory * 10_000 / 1e6:.2f} MB ({memory:.0f} B/event) | ≤ 10 MB |")
     return 0
 
 

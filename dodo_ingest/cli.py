@@ -26,14 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     if command == "serve":
         from dodo_ingest.localserver import main as serve
 
-        return serve(rest)
+        return int(serve(rest))
     if command == "demo":
         try:
             from dodo_ingest.demo import main as demo
         except ImportError as exc:  # Flask is an extra
             print(f"the demo needs Flask: pip install 'dodo-ingest[demo]' ({exc})", file=sys.stderr)
             return 1
-        return demo(rest)
+        return int(demo(rest))
     if command == "check":
         return _check()
     if command == "settings":

@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from dodo_ingest.errors import ValidationError
@@ -267,7 +267,7 @@ class Event:
         return encode_event(self.event_id, self.customer_id, self.event_name, self.timestamp, self.metadata)
 
 
-_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
 def _metadata_encoder() -> Callable[[Mapping[str, MetadataValue]], str]:
@@ -287,8 +287,9 @@ def _metadata_encoder() -> Callable[[Mapping[str, MetadataValue]], str]:
 _encode_metadata = _metadata_encoder()
 
 
-def encode_event(event_id: str, customer_id: str, event_name: str, timestamp: str,
-                 metadata: Mapping[str, MetadataValue]) -> str:
+def encode_event(
+    event_id: str, customer_id: str, event_name: str, timestamp: str, metadata: Mapping[str, MetadataValue]
+) -> str:
     """One event as ASCII JSON (``len()`` is its size in bytes), without building an intermediate dict."""
     return (
         f'{{"event_id":{_quote(event_id)},"customer_id":{_quote(customer_id)},'

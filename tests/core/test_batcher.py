@@ -39,24 +39,27 @@ def assert_exactly_once(server: LocalDodoServer, n: int) -> None:
 # --- flush triggers ---------------------------------------------------------------------------------------
 
 
-def test_a_full_batch_is_sent_without_waiting_for_the_interval(dodo_server: LocalDodoServer,
-                                                               make_batch: Callable[..., Batcher]) -> None:
+def test_a_full_batch_is_sent_without_waiting_for_the_interval(
+    dodo_server: LocalDodoServer, make_batch: Callable[..., Batcher]
+) -> None:
     batch = make_batch(max_size=25, flush_interval=600)
     add_many(batch, 25)
     assert dodo_server.wait_for_events(25, timeout=10)
     assert dodo_server.requests[0].event_count == 25
 
 
-def test_the_oldest_event_is_sent_after_the_interval(dodo_server: LocalDodoServer,
-                                                     make_batch: Callable[..., Batcher]) -> None:
+def test_the_oldest_event_is_sent_after_the_interval(
+    dodo_server: LocalDodoServer, make_batch: Callable[..., Batcher]
+) -> None:
     batch = make_batch(max_size=1000, flush_interval=0.2)
     add_many(batch, 3)
     assert dodo_server.wait_for_events(3, timeout=10)
     assert [r.event_count for r in dodo_server.requests] == [3]
 
 
-def test_steady_adds_do_not_postpone_the_interval_flush(dodo_server: LocalDodoServer,
-                                                        make_batch: Callable[..., Batcher]) -> None:
+def test_steady_adds_do_not_postpone_the_interval_flush(
+    dodo_server: LocalDodoServer, make_batch: Callable[..., Batcher]
+) -> None:
     """The JavaScript blueprint's bug: a timer reset on every add never fires under steady traffic."""
     batch = make_batch(max_size=1000, flush_interval=0.3)
     deadline = time.monotonic() + 20
@@ -68,8 +71,9 @@ def test_steady_adds_do_not_postpone_the_interval_flush(dodo_server: LocalDodoSe
     assert dodo_server.event_count() > 0  # it fired while adds were still coming (the loop only stops then)
 
 
-def test_flush_sends_now_and_reports_completion(dodo_server: LocalDodoServer,
-                                                make_batch: Callable[..., Batcher]) -> None:
+def test_flush_sends_now_and_reports_completion(
+    dodo_server: LocalDodoServer, make_batch: Callable[..., Batcher]
+) -> None:
     batch = make_batch(max_size=1000, flush_interval=600)
     add_many(batch, 7)
     assert batch.flush(timeout=10) is True
@@ -79,8 +83,7 @@ def test_flush_sends_now_and_reports_completion(dodo_server: LocalDodoServer,
     assert (stats.accepted, stats.sent, stats.queued, stats.in_flight) == (7, 7, 0, 0)
 
 
-def test_a_backlog_goes_out_in_full_requests(dodo_server: LocalDodoServer,
-                                             make_batch: Callable[..., Batcher]) -> None:
+def test_a_backlog_goes_out_in_full_requests(dodo_server: LocalDodoServer, make_batch: Callable[..., Batcher]) -> None:
     dodo_server.add_faults(Fault(delay=0.5))  # the first request is slow, so a backlog builds up behind it
     batch = make_batch(max_size=10, flush_interval=600)
     add_many(batch, 10)
@@ -91,8 +94,7 @@ def test_a_backlog_goes_out_in_full_requests(dodo_server: LocalDodoServer,
     assert [r.event_count for r in dodo_server.requests] == [10, 1000, 1000, 500]
 
 
-def test_requests_stay_under_the_byte_cap(dodo_server: LocalDodoServer,
-                                          make_batch: Callable[..., Batcher]) -> None:
+def test_requests_stay_under_the_byte_cap(dodo_server: LocalDodoServer, make_batch: Callable[..., Batcher]) -> None:
     batch = make_batch(max_size=1000, flush_interval=600, max_request_bytes=20_000)
     add_many(batch, 300, note="x" * 100)
     assert batch.flush(timeout=20)
@@ -131,8 +133,9 @@ def test_failures_are_retried_until_every_event_is_delivered_exactly_once(
     assert stats.sent == 50 and stats.retried >= 1 and stats.dropped == {}
 
 
-def test_a_timed_out_request_that_did_land_is_not_billed_twice(dodo_server: LocalDodoServer,
-                                                               make_batch: Callable[..., Batcher]) -> None:
+def test_a_timed_out_request_that_did_land_is_not_billed_twice(
+    dodo_server: LocalDodoServer, make_batch: Callable[..., Batcher]
+) -> None:
     """The server stores the batch but answers too late; the retry carries the same ids and is ignored."""
     dodo_server.add_faults(Fault(delay=2.0))  # delay, then processes normally
     batch = make_batch(max_size=20, flush_interval=600, request_timeout=0.5)
@@ -165,8 +168,10 @@ def test_wrong_key_is_not_retried_and_events_are_counted_as_unauthorized(
 ) -> None:
     wrong = "sk_live_WRONG_key_for_this_env"
     dropped: list[tuple[int, str]] = []
-    batch = make_ingestion(api_key=wrong, on_drop=lambda events, reason: dropped.append((len(events), reason)),
-                           ).create_batch(max_size=5, flush_interval=600)
+    batch = make_ingestion(
+        api_key=wrong,
+        on_drop=lambda events, reason: dropped.append((len(events), reason)),
+    ).create_batch(max_size=5, flush_interval=600)
     with caplog.at_level(logging.DEBUG, logger="dodo_ingest"):
         add_many(batch, 5)
         assert batch.flush(timeout=10)
@@ -183,8 +188,12 @@ def test_wrong_key_is_not_retried_and_events_are_counted_as_unauthorized(
 
 def test_the_queue_is_bounded_and_overflow_is_counted_and_reported(make_batch: Callable[..., Batcher]) -> None:
     dropped: list[str] = []
-    batch = make_batch(max_size=1000, flush_interval=600, max_queue_size=10,
-                       on_drop=lambda events, reason: dropped.extend(reason for _ in events))
+    batch = make_batch(
+        max_size=1000,
+        flush_interval=600,
+        max_queue_size=10,
+        on_drop=lambda events, reason: dropped.extend(reason for _ in events),
+    )
     results = [batch.add("cus_1", {"i": i}) for i in range(15)]
     assert results == [True] * 10 + [False] * 5
     stats = batch.stats()
@@ -219,8 +228,9 @@ def test_stats_account_for_every_event(dodo_server: LocalDodoServer, make_batch:
     assert stats.sent == dodo_server.event_count()
 
 
-def test_add_is_thread_safe_and_nothing_is_lost(dodo_server: LocalDodoServer,
-                                                make_batch: Callable[..., Batcher]) -> None:
+def test_add_is_thread_safe_and_nothing_is_lost(
+    dodo_server: LocalDodoServer, make_batch: Callable[..., Batcher]
+) -> None:
     batch = make_batch(max_size=100, flush_interval=0.1)
 
     def worker(n: int) -> None:
@@ -236,8 +246,9 @@ def test_add_is_thread_safe_and_nothing_is_lost(dodo_server: LocalDodoServer,
     assert_exactly_once(dodo_server, 4000)
 
 
-def test_sync_mode_delivers_before_add_returns(dodo_server: LocalDodoServer,
-                                               make_batch: Callable[..., Batcher]) -> None:
+def test_sync_mode_delivers_before_add_returns(
+    dodo_server: LocalDodoServer, make_batch: Callable[..., Batcher]
+) -> None:
     batch = make_batch(sync_mode=True)
     assert batch.add("cus_1", {"i": 1}) is True
     assert dodo_server.event_count() == 1

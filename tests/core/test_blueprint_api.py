@@ -28,28 +28,38 @@ from tests.conftest import TEST_KEY
 SPEC = Path(__file__).resolve().parents[1] / "data" / "dodo-openapi-events.yml"
 
 
-def test_track_api_call_sends_synchronously(dodo_server: LocalDodoServer,
-                                            make_ingestion: Callable[..., Ingestion]) -> None:
+def test_track_api_call_sends_synchronously(
+    dodo_server: LocalDodoServer, make_ingestion: Callable[..., Ingestion]
+) -> None:
     ingestion = make_ingestion(event_name="api_call")
-    event = track_api_call(ingestion, customer_id="cus_123", metadata={
-        "endpoint": "/api/v1/users", "method": "GET", "status_code": 200, "response_time_ms": 45})
+    event = track_api_call(
+        ingestion,
+        customer_id="cus_123",
+        metadata={"endpoint": "/api/v1/users", "method": "GET", "status_code": 200, "response_time_ms": 45},
+    )
     stored = dodo_server.events()
     assert len(stored) == 1
     assert stored[0]["event_id"] == event.event_id
-    assert stored[0]["metadata"] == {"endpoint": "/api/v1/users", "method": "GET", "status_code": 200,
-                                     "response_time_ms": 45}
+    assert stored[0]["metadata"] == {
+        "endpoint": "/api/v1/users",
+        "method": "GET",
+        "status_code": 200,
+        "response_time_ms": 45,
+    }
 
 
-def test_track_api_call_with_the_same_event_id_bills_once(dodo_server: LocalDodoServer,
-                                                          make_ingestion: Callable[..., Ingestion]) -> None:
+def test_track_api_call_with_the_same_event_id_bills_once(
+    dodo_server: LocalDodoServer, make_ingestion: Callable[..., Ingestion]
+) -> None:
     ingestion = make_ingestion()
     for _ in range(3):  # the caller retries its own call
         track_api_call(ingestion, "cus_1", {"endpoint": "/x"}, event_id="req_7f3a")
     assert [e["event_id"] for e in dodo_server.events()] == ["req_7f3a"]
 
 
-def test_track_api_call_raises_named_errors(dodo_server: LocalDodoServer,
-                                            make_ingestion: Callable[..., Ingestion]) -> None:
+def test_track_api_call_raises_named_errors(
+    dodo_server: LocalDodoServer, make_ingestion: Callable[..., Ingestion]
+) -> None:
     ingestion = make_ingestion()
     with pytest.raises(ValidationError, match=r"^metadata\.tags: list is not allowed"):
         track_api_call(ingestion, "cus_1", {"tags": ["a"]})
@@ -62,8 +72,9 @@ def test_track_api_call_raises_named_errors(dodo_server: LocalDodoServer,
     assert dodo_server.event_count() == 0
 
 
-def test_create_batch_mirrors_the_javascript_blueprint(dodo_server: LocalDodoServer,
-                                                       make_ingestion: Callable[..., Ingestion]) -> None:
+def test_create_batch_mirrors_the_javascript_blueprint(
+    dodo_server: LocalDodoServer, make_ingestion: Callable[..., Ingestion]
+) -> None:
     batch = create_batch(make_ingestion(), max_size=100, flush_interval=5.0)
     assert batch.config.max_batch_size == 100 and batch.config.flush_interval == 5.0
     for i in range(10):
@@ -84,8 +95,10 @@ def test_outgoing_bodies_validate_against_dodos_openapi_schema(make_ingestion: C
     operation = spec["paths"]["/events/ingest"]["post"]
     schema = _inline_refs(operation["requestBody"]["content"]["application/json"]["schema"], spec)
     ingestion = make_ingestion()
-    events = [ingestion.event(f"cus_{i}", {"endpoint": "/a/<int:id>", "status_code": 200, "ms": 1.5, "ok": True})
-              for i in range(3)]
+    events = [
+        ingestion.event(f"cus_{i}", {"endpoint": "/a/<int:id>", "status_code": 200, "ms": 1.5, "ok": True})
+        for i in range(3)
+    ]
     body = json.loads(encode_batch([e.to_json() for e in events]))
     OAS31Validator(schema).validate(body)
     assert schema["properties"]["events"]["maxItems"] == 1000  # the schema is the one we think it is
@@ -104,8 +117,9 @@ def _inline_refs(node: Any, spec: dict[str, Any]) -> Any:
     return node
 
 
-def test_the_key_never_appears_in_reprs_logs_or_errors(dodo_server: LocalDodoServer,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_the_key_never_appears_in_reprs_logs_or_errors(
+    dodo_server: LocalDodoServer, caplog: pytest.LogCaptureFixture
+) -> None:
     secret = "sk_test_VERY_SECRET_abcdef0123"
     ingestion = Ingestion(api_key=secret, base_url=dodo_server.url)  # wrong key: the server expects TEST_KEY
     batch = ingestion.create_batch(max_size=2, flush_interval=0.05)
@@ -115,8 +129,16 @@ def test_the_key_never_appears_in_reprs_logs_or_errors(dodo_server: LocalDodoSer
         assert batch.flush(timeout=10)
         with pytest.raises(AuthenticationError) as info:
             track_api_call(ingestion, "cus_1", {})
-    texts = [repr(ingestion), repr(batch), repr(ingestion.config), str(ingestion.config.describe()),
-             str(info.value), repr(info.value), json.dumps(batch.stats().as_dict()), caplog.text]
+    texts = [
+        repr(ingestion),
+        repr(batch),
+        repr(ingestion.config),
+        str(ingestion.config.describe()),
+        str(info.value),
+        repr(info.value),
+        json.dumps(batch.stats().as_dict()),
+        caplog.text,
+    ]
     assert all(secret not in text for text in texts)
     assert batch.stats().dropped == {"unauthorized": 2}
     batch.shutdown()

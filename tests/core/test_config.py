@@ -94,7 +94,7 @@ def test_mapping_errors_name_the_key_as_the_user_spelled_it() -> None:
 
 
 def test_unknown_keyword_is_rejected_with_the_valid_names() -> None:
-    with pytest.raises(ConfigurationError, match="unknown setting 'flush_intervall'.*flush_interval"):
+    with pytest.raises(ConfigurationError, match=r"unknown setting 'flush_intervall'.*flush_interval"):
         load(flush_intervall=1.0)
 
 

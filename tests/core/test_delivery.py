@@ -19,8 +19,7 @@ from dodo_ingest.transport import Answer, parse_retry_after
 class FakeTransport:
     """Answers from a script, or with ``rule(event_ids)``; records every body."""
 
-    def __init__(self, script: list[Answer] | None = None,
-                 rule: Callable[[list[str]], Answer] | None = None) -> None:
+    def __init__(self, script: list[Answer] | None = None, rule: Callable[[list[str]], Answer] | None = None) -> None:
         self.script = list(script or [])
         self.rule = rule
         self.bodies: list[list[str]] = []
@@ -41,8 +40,9 @@ def pending(n: int, created: float | None = None) -> list[Pending]:
     return [Pending(i + 1, e.to_json(), created if created is not None else e.created) for i, e in enumerate(events)]
 
 
-def deliverer(transport: FakeTransport, sleeps: list[float] | None = None, allow_sleep: bool = True,
-              **settings: object) -> tuple[Deliverer, Counters]:
+def deliverer(
+    transport: FakeTransport, sleeps: list[float] | None = None, allow_sleep: bool = True, **settings: object
+) -> tuple[Deliverer, Counters]:
     counters = Counters()
     sleeps = sleeps if sleeps is not None else []
 
@@ -120,8 +120,7 @@ def test_a_single_event_answered_413_is_dropped_as_too_large() -> None:
 
 
 @pytest.mark.parametrize("status", [401, 403])
-def test_auth_failures_are_not_retried_and_logged_loudly_once(status: int,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_auth_failures_are_not_retried_and_logged_loudly_once(status: int, caplog: pytest.LogCaptureFixture) -> None:
     errors: list[DeliveryFailure] = []
     transport = FakeTransport(rule=lambda ids: Answer(status, f"HTTP {status}"))
     d, counters = deliverer(transport, on_error=errors.append)
@@ -151,6 +150,7 @@ def test_a_refused_wait_drops_the_rest_as_shutdown() -> None:
     d, counters = deliverer(transport, allow_sleep=False)
     drops = d.deliver(pending(4))
     assert [(x.reason, len(x.events)) for x in drops] == [("shutdown", 4)]
+    assert counters.dropped == {"shutdown": 4}
     assert len(transport.bodies) == 1
 
 
@@ -167,8 +167,10 @@ def test_callbacks_that_raise_do_not_break_delivery() -> None:
 
 def test_on_drop_receives_the_events_as_sent_and_the_reason() -> None:
     seen: list[tuple[list[dict[str, object]], str]] = []
-    d, _ = deliverer(FakeTransport(rule=lambda ids: Answer(422, "schema")),
-                     on_drop=lambda events, reason: seen.append((events, reason)))
+    d, _ = deliverer(
+        FakeTransport(rule=lambda ids: Answer(422, "schema")),
+        on_drop=lambda events, reason: seen.append((events, reason)),
+    )
     d.deliver(pending(1))
     assert seen[0][1] == "rejected"
     assert seen[0][0][0]["event_id"] == "e0" and seen[0][0][0]["metadata"] == {"i": 0}

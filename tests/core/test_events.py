@@ -15,8 +15,7 @@ from dodo_ingest.events import clean_metadata, format_timestamp
 
 
 def make(metadata: object = None, **kwargs: object) -> Event:
-    return Event.create(kwargs.pop("customer_id", "cus_1"), kwargs.pop("event_name", "api_call"),
-                        metadata, **kwargs)  # type: ignore[arg-type]
+    return Event.create(kwargs.pop("customer_id", "cus_1"), kwargs.pop("event_name", "api_call"), metadata, **kwargs)  # type: ignore[arg-type]
 
 
 def test_a_valid_event_on_the_wire() -> None:

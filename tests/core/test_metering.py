@@ -17,8 +17,14 @@ def meter(**settings: Any) -> Meter:
 
 
 def facts(**overrides: Any) -> RequestFacts:
-    values: dict[str, Any] = {"method": "GET", "path": "/api/items/7", "route": "/api/items/<int:id>",
-                              "status_code": 200, "started": 10.0, "finished": 10.0123}
+    values: dict[str, Any] = {
+        "method": "GET",
+        "path": "/api/items/7",
+        "route": "/api/items/<int:id>",
+        "status_code": 200,
+        "started": 10.0,
+        "finished": 10.0123,
+    }
     values.update(overrides)
     return RequestFacts(**values)
 
@@ -32,9 +38,15 @@ def captured() -> Any:
 def test_metadata_has_the_blueprint_fields_with_numbers_as_numbers(captured: CapturedEvents) -> None:
     m = meter(fallback_customer_id="cus_fallback")
     assert m.record(facts(request_bytes=12, response_bytes=345, error="KeyError", status_code=500))
-    assert captured[0].metadata == {"endpoint": "/api/items/<int:id>", "method": "GET", "status_code": 500,
-                                    "response_time_ms": 12.3, "request_bytes": 12, "response_bytes": 345,
-                                    "error": "KeyError"}
+    assert captured[0].metadata == {
+        "endpoint": "/api/items/<int:id>",
+        "method": "GET",
+        "status_code": 500,
+        "response_time_ms": 12.3,
+        "request_bytes": 12,
+        "response_bytes": 345,
+        "error": "KeyError",
+    }
     assert captured[0].event_name == "api_call"
 
 
@@ -94,8 +106,7 @@ def test_should_meter_exempt_and_hook_errors_skip_without_raising(captured: Capt
 
 
 def test_extra_and_per_request_metadata_never_override_the_billing_fields(captured: CapturedEvents) -> None:
-    m = meter(fallback_customer_id="cus_1", extra_metadata=lambda *a: {"plan": "pro", "tier": "x",
-                                                                         "status_code": 999})
+    m = meter(fallback_customer_id="cus_1", extra_metadata=lambda *a: {"plan": "pro", "tier": "x", "status_code": 999})
     annotations, token = m.begin()
     assert annotate(event_name="api_call_premium", metadata={"tier": "gold", "endpoint": "/forged"})
     m.end(token)

@@ -19,10 +19,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_script(code: str, server: LocalDodoServer) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DODO_PAYMENTS_API_KEY": TEST_KEY, "DODO_PAYMENTS_BASE_URL": server.url,
-           "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
+    env = {
+        **os.environ,
+        "DODO_PAYMENTS_API_KEY": TEST_KEY,
+        "DODO_PAYMENTS_BASE_URL": server.url,
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_interpreter_exit_drains_the_queue(dodo_server: LocalDodoServer) -> None:
