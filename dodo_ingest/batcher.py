@@ -209,6 +209,7 @@ class Batcher:
             thread = threading.Thread(target=self._run, name="dodo-ingest-flush", daemon=True)
             self._thread = thread
         _hook_multiprocessing_exit()
+        _warn_if_uwsgi_has_no_threads()
         try:
             thread.start()
         except RuntimeError:  # at interpreter shutdown no thread can start: the exit drain sends instead
@@ -471,6 +472,19 @@ def _after_fork_in_child() -> None:
 
 
 _exit_hook_pid = 0
+
+
+def _warn_if_uwsgi_has_no_threads() -> None:
+    """uWSGI runs no Python threads unless told to: the flush thread would never run."""
+    uwsgi = sys.modules.get("uwsgi")
+    options = getattr(uwsgi, "opt", None) if uwsgi is not None else None
+    if not isinstance(options, dict):
+        return
+    if not any(options.get(k) for k in ("enable-threads", b"enable-threads", "threads", b"threads")):
+        logger.warning(
+            "dodo-ingest: uWSGI is running without threads, so events would never be sent. "
+            "Start uWSGI with --enable-threads (and --lazy-apps is recommended), or use sync_mode=True."
+        )
 
 
 def _hook_multiprocessing_exit() -> None:

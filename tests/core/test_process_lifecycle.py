@@ -128,3 +128,22 @@ def test_multiprocessing_children_drain_at_exit(dodo_server: LocalDodoServer) ->
     assert dodo_server.wait_for_events(81, timeout=10)
     assert len({e["event_id"] for e in dodo_server.events()}) == 81
     batch.shutdown(timeout=5)
+
+
+def test_uwsgi_without_threads_is_warned_about(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+                                               dodo_server: LocalDodoServer) -> None:
+    fake_uwsgi = type(sys)("uwsgi")
+    fake_uwsgi.opt = {"master": True}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "uwsgi", fake_uwsgi)
+    batch = Ingestion(api_key=TEST_KEY, base_url=dodo_server.url).create_batch(flush_interval=600)
+    with caplog.at_level("WARNING", logger="dodo_ingest"):
+        batch.add("cus_1", {})
+    assert "--enable-threads" in caplog.text
+    fake_uwsgi.opt = {"enable-threads": True}  # type: ignore[attr-defined]
+    caplog.clear()
+    other = Ingestion(api_key=TEST_KEY, base_url=dodo_server.url).create_batch(flush_interval=600)
+    with caplog.at_level("WARNING", logger="dodo_ingest"):
+        other.add("cus_1", {})
+    assert "--enable-threads" not in caplog.text
+    batch.shutdown(timeout=5)
+    other.shutdown(timeout=5)
