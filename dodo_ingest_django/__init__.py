@@ -1,0 +1,46 @@
+"""Django integration of dodo-ingest: one usage event per API request, configured in ``settings.py``.
+
+::
+
+    INSTALLED_APPS = [..., "dodo_ingest_django"]
+    MIDDLEWARE = ["dodo_ingest_django.middleware.DodoIngestMiddleware", ...]
+    DODO_INGEST_API_KEY = env("DODO_PAYMENTS_API_KEY")
+    DODO_INGEST_CUSTOMER_ID = "myapp.billing.customer_for"   # (request, response) -> "cus_..." | None
+
+Inside a view, :func:`set_customer` (or :func:`dodo_ingest.annotate`) names the request's customer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dodo_ingest.ingestion import Ingestion
+from dodo_ingest.metering import Annotations, annotate
+
+__all__ = ["annotate", "get_ingestion", "set_customer"]
+
+_STATE_ATTR = "_dodo_ingest"  # the same as dodo_ingest_django.middleware.STATE_ATTR
+
+
+def set_customer(request: Any, customer_id: str) -> bool:
+    """Name the Dodo customer (``"cus_..."``) to bill for this request; it wins over every other source.
+
+    Works with a Django ``HttpRequest`` and with a Django REST framework ``Request``. Returns False (and
+    does nothing) when the request is not being metered (filtered out, or the middleware is not installed).
+    """
+    django_request = getattr(request, "_request", request)  # DRF's Request wraps the HttpRequest
+    annotations: Annotations | None = getattr(django_request, "__dict__", {}).get(_STATE_ATTR)
+    if annotations is None:
+        return annotate(customer_id=customer_id)
+    annotations.customer_id = customer_id
+    return True
+
+
+def get_ingestion() -> Ingestion:
+    """The shared :class:`~dodo_ingest.Ingestion` built from the ``DODO_INGEST_*`` settings.
+
+    Use it for ``get_ingestion().stats()``, ``.flush()``, or to send your own events with the same settings.
+    """
+    from dodo_ingest_django.conf import conf  # imports django.conf; keep this package import light
+
+    return conf.ingestion
