@@ -1,7 +1,7 @@
 """The Flask extension: one usage event per request of a Flask app, through Flask's own signals.
 
-Per app, :meth:`DodoIngest.init_app` connects four blinker signals with ``sender=app`` (so several apps in
-one process are metered independently):
+Per app, :meth:`DodoIngest.init_app` connects three blinker signals with ``sender=app`` (so several apps in
+one process are metered independently) and one ``teardown_request`` function:
 
 ``request_started``
     start time, route template (``request.url_rule.rule``, blueprint prefix included), the view's
@@ -14,7 +14,7 @@ one process are metered independently):
     ``response.call_on_close``: it is timed to the end of the body. Any other body is complete
     already (a list, a file sent with ``send_file``, an HTTP error such as ``abort(401)`` rendered by
     Werkzeug), and its event is recorded at teardown.
-``request_tearing_down``
+``app.teardown_request`` (a plain hook: about 2 µs cheaper per request than the ``request_tearing_down`` signal)
     records non-streamed responses; and is the fallback for the paths where ``request_finished`` never
     fires (an exception propagated with ``PROPAGATE_EXCEPTIONS``/``TESTING``). It is de-duplicated:
     teardown can fire twice with ``stream_with_context``.
@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from flask import Flask, Request, Response, g, has_app_context, request
 from flask.ctx import AppContext, RequestContext
-from flask.signals import got_request_exception, request_finished, request_started, request_tearing_down
+from flask.signals import got_request_exception, request_finished, request_started
 from werkzeug.wsgi import ClosingIterator
 
 from dodo_ingest.config import SETTINGS, Config
@@ -161,7 +161,7 @@ class DodoIngest:
         request_started.connect(app_meter.on_started, app)
         got_request_exception.connect(app_meter.on_exception, app)
         request_finished.connect(app_meter.on_finished, app)
-        request_tearing_down.connect(app_meter.on_teardown, app)
+        app.teardown_request(app_meter.on_teardown_request)
 
     # --- access to the ingestion of an app ----------------------------------------------------------------
 
@@ -279,12 +279,12 @@ class _AppMeter:
         environ[_STATE_KEY] = environ[ADAPTER_KEY] = state
         return state
 
-    def _state(self, sender: Flask, *, create: bool) -> _RequestState | None:
+    def _state(self, sender: Flask | None, *, create: bool) -> _RequestState | None:
         req = _current_request()
         state = req.environ.get(_STATE_KEY)
         if state is not None and state.owner is self:
             return state  # type: ignore[no-any-return]
-        if create and req.environ.get(ADAPTER_KEY) is not self:
+        if create and sender is not None and req.environ.get(ADAPTER_KEY) is not self:
             # request_started never fired (e.g. opening the session failed): meter it from here on.
             return self._begin(sender, req)
         return None
@@ -306,9 +306,10 @@ class _AppMeter:
             logger.exception("dodo-ingest could not meter a response; it is not metered")
             self.meter.skip("hook_error")
 
-    def on_teardown(self, sender: Flask, exc: BaseException | None = None, **_: Any) -> None:
+    def on_teardown_request(self, exc: BaseException | None = None) -> None:
+        """The app's ``teardown_request`` function (runs even when ``request_finished`` never fired)."""
         try:
-            state = self._state(sender, create=False)
+            state = self._state(None, create=False)
             if state is not None:
                 state.teardown(exc)
         except Exception:
@@ -389,7 +390,7 @@ class _RequestState:
                 self.response_bytes = response.content_length
 
     def teardown(self, exc: BaseException | None) -> None:
-        """``request_tearing_down`` (may fire twice): record unless the body is still streaming."""
+        """Teardown (may run twice): record unless the body is still streaming."""
         if self.token is not None:
             Meter.end(self.token)
             self.token = None
