@@ -45,9 +45,9 @@ class Fault:
 
     def __post_init__(self) -> None:
         if self.status is not None and (
-            isinstance(self.status, bool) or not isinstance(self.status, int) or not 100 <= self.status <= 599
+            isinstance(self.status, bool) or not isinstance(self.status, int) or not 200 <= self.status <= 599
         ):
-            raise ValueError(f"Fault.status must be an HTTP status 100-599 or None, got {self.status!r}")
+            raise ValueError(f"Fault.status must be an HTTP status 200-599 or None, got {self.status!r}")
         if self.retry_after is not None and not isinstance(self.retry_after, str):
             raise ValueError(f"Fault.retry_after must be a string or None, got {self.retry_after!r}")
         delay_ok = isinstance(self.delay, (int, float)) and not isinstance(self.delay, bool)
@@ -81,6 +81,7 @@ class FaultQueue:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._emptied = threading.Condition(self._lock)
         self._queue: deque[list[Any]] = deque()  # [fault, applications left]
 
     def add(self, *faults: Fault) -> None:
@@ -100,6 +101,8 @@ class FaultQueue:
             entry[1] -= 1
             if entry[1] <= 0:
                 self._queue.popleft()
+                if not self._queue:
+                    self._emptied.notify_all()
             fault: Fault = entry[0]
             return fault
 
@@ -108,7 +111,13 @@ class FaultQueue:
         with self._lock:
             return sum(entry[1] for entry in self._queue)
 
+    def wait_until_empty(self, timeout: float) -> bool:
+        """Block until every queued fault has been taken by a request (True) or ``timeout`` passes (False)."""
+        with self._emptied:
+            return self._emptied.wait_for(lambda: not self._queue, timeout)
+
     def clear(self) -> None:
         """Drop every queued fault."""
         with self._lock:
             self._queue.clear()
+            self._emptied.notify_all()

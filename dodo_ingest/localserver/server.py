@@ -13,6 +13,21 @@ keep-alive, Nagle disabled, every response written in a single send with a
 Unknown routes answer 404 and known routes with the wrong method 405, both
 as JSON ``{"code", "message"}``. Nothing is printed per request unless
 ``verbose`` is set, and the Authorization header is never logged.
+
+Semantics where Dodo's spec leaves room:
+
+* ``POST /events/ingest`` answers ``{"ingested_count": N}`` with N = the number
+  of events in the request, including ids already stored (which are ignored).
+  Checks run in this order: scripted fault, 413 (from Content-Length, before
+  reading), 401, 422/400 (see :mod:`.rules`). Chunked bodies are accepted.
+* ``GET /events``: ``page_size`` (default 10) and ``page_number`` (0-based)
+  must be integers in 0..2**31-1 (the spec's int32, no lower maximum is
+  published), else 422. ``start`` is inclusive and ``end`` exclusive (the
+  spec only says "after"/"before"); a malformed date is 400, as the spec
+  lists. ``meter_id`` is 422: meters are not emulated. Items are ordered by
+  timestamp, then ingestion order; ``metadata`` is ``{}`` when none was sent.
+* ``GET /events/ingest`` is 405 (the ingest route), so an event whose id is
+  literally ``ingest`` cannot be read back by id.
 """
 
 from __future__ import annotations
@@ -34,6 +49,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
@@ -41,12 +57,13 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from .faults import Fault, FaultQueue
-from .rules import RuleViolation, parse_body, parse_timestamp, validate_ingest
+from .rules import NormalizedEvent, RuleViolation, parse_body, parse_timestamp, validate_ingest
 from .store import EventStore
 
 __all__ = ["LocalDodoServer", "RequestRecord", "main"]
 
 _INT32_MAX = 2**31 - 1
+_LOOPBACK_FOR_WILDCARD = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}  # noqa: S104 - not a bind
 _DEFAULT_PAGE_SIZE = 10
 _ERROR_CODES = {
     400: "INVALID_REQUEST",
@@ -125,6 +142,13 @@ def _peek_events(body: Any) -> tuple[int, list[str]]:
     return 0, []
 
 
+def _loads_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
 class _HTTPServer(ThreadingHTTPServer):
     """ThreadingHTTPServer that knows its LocalDodoServer and its open connections."""
 
@@ -186,6 +210,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "dodo-ingest-localserver"
     disable_nagle_algorithm = True
     _body_state = "none"  # "unread" | "read" per request
+    _parsed: Any = None
 
     # ---- plumbing -------------------------------------------------------------------------------
 
@@ -210,12 +235,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._write(code, _error_body(code, message or _phrase(code)))
 
     def _write(self, status: int, payload: Any, headers: Iterable[tuple[str, str]] = ()) -> None:
-        body = json.dumps(payload, separators=(",", ":")).encode()
-        head = [
-            f"HTTP/1.1 {status} {_phrase(status)}",
-            "Content-Type: application/json",
-            f"Content-Length: {len(body)}",
-        ]
+        head = [f"HTTP/1.1 {status} {_phrase(status)}", f"Date: {formatdate(usegmt=True)}"]
+        if status in (204, 304):  # these never carry a body
+            body = b""
+        else:
+            body = json.dumps(payload, separators=(",", ":")).encode()
+            head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
         head.extend(f"{name}: {value}" for name, value in headers)
         if self.close_connection:
             head.append("Connection: close")
@@ -399,11 +424,10 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and misbehaves and not fault.process:
             try:
                 raw = self._read_body()
-                body: Any = json.loads(raw)
-            except (_HttpError, ValueError, RecursionError):
-                raw, body = b"", None
+            except _HttpError:  # too large or malformed framing: answer anyway, then hang up
+                raw = b""
                 self.close_connection = True
-            count, ids = _peek_events(body)
+            count, ids = _peek_events(_loads_or_none(raw))
             self._answer_fault(fault, authorized, count, ids, len(raw))
             return
         status, payload, count, ids, size = self._process_ingest(authorized)
@@ -412,6 +436,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         app.record(RequestRecord(status, count, ids, size, authorized))
         self._respond(status, payload)
+        self._parsed = None  # free the decoded batch only now, after the client has its answer
 
     def _answer_fault(self, fault: Fault, authorized: bool, count: int, ids: list[str], size: int) -> None:
         if fault.drop_connection:
@@ -440,10 +465,7 @@ class _Handler(BaseHTTPRequestHandler):
             size = self._content_length() if exc.status == 413 and "Content-Length" in self.headers else 0
             return exc.status, _error_body(exc.status, exc.message), 0, [], size
         if not authorized:
-            try:
-                count, ids = _peek_events(json.loads(raw))
-            except (ValueError, RecursionError):
-                count, ids = 0, []
+            count, ids = _peek_events(_loads_or_none(raw))
             message = "missing or invalid API key (expected 'Authorization: Bearer <key>')"
             return 401, _error_body(401, message), count, ids, len(raw)
         body: Any = None
@@ -455,7 +477,8 @@ class _Handler(BaseHTTPRequestHandler):
         except RuleViolation as exc:
             count, ids = _peek_events(body)
             return exc.status, _error_body(exc.status, exc.message, exc.code), count, ids, len(raw)
-        app.store_events(events)
+        app.store_events(events, raw)
+        self._parsed = (body, events)
         return 200, {"ingested_count": len(events)}, len(events), [e[0] for e in events], len(raw)
 
     def _list_events(self, query: str) -> None:
@@ -567,7 +590,7 @@ class LocalDodoServer:
         max_future_skew: float = 300.0,
         *,
         verbose: bool = False,
-        request_log_size: int = 10_000,
+        request_log_size: int = 1000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_body_bytes < 1:
@@ -609,7 +632,9 @@ class LocalDodoServer:
             self.stopping = threading.Event()
             self._store, self._httpd = store, httpd
             bound_port = httpd.server_address[1]
-            host = f"[{self.host}]" if family == socket.AF_INET6 else self.host
+            # a wildcard address is not something to connect to: advertise loopback instead
+            host = _LOOPBACK_FOR_WILDCARD.get(self.host, self.host)
+            host = f"[{host}]" if ":" in host else host
             self._url = f"http://{host}:{bound_port}"
             self._thread = threading.Thread(
                 target=httpd.serve_forever,
@@ -722,9 +747,9 @@ class LocalDodoServer:
             self._records.append(record)
             self._request_total += 1
 
-    def store_events(self, events: Any) -> int:
-        """Insert normalized events, ignoring ids already stored; return how many were new."""
-        return self.store.insert(events)
+    def store_events(self, events: list[NormalizedEvent], body: bytes | None = None) -> int:
+        """Insert normalized events (from ``body``), ignoring ids already stored; return how many were new."""
+        return self.store.insert(events, body)
 
 
 # ---- command line -------------------------------------------------------------------------------
