@@ -130,8 +130,9 @@ def test_multiprocessing_children_drain_at_exit(dodo_server: LocalDodoServer) ->
     batch.shutdown(timeout=5)
 
 
-def test_uwsgi_without_threads_is_warned_about(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-                                               dodo_server: LocalDodoServer) -> None:
+def test_uwsgi_without_threads_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, dodo_server: LocalDodoServer
+) -> None:
     fake_uwsgi = type(sys)("uwsgi")
     fake_uwsgi.opt = {"master": True}  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "uwsgi", fake_uwsgi)
