@@ -18,6 +18,7 @@ import atexit
 import json
 import logging
 import os
+import queue
 import sys
 import threading
 import time
@@ -77,6 +78,63 @@ def prepare(item: Item, counters: Counters) -> Event:
     return Event(*validate_item(item, counters), created=item[4])
 
 
+_EMPTY_BODY = len('{"events":[]}')
+
+
+class _Chunk:
+    """One request in the making: the queued items taken for it and their encoded events."""
+
+    __slots__ = ("items", "ready", "size")
+
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+        self.ready: list[Pending] = []
+        self.size = _EMPTY_BODY
+
+
+class _SendStage:
+    """A daemon thread that delivers one chunk at a time (with its retries), so that the flush thread can
+    encode the next chunk meanwhile. It owns the HTTP session; a hand-off of size one bounds the pipeline."""
+
+    def __init__(self, batcher: Batcher, deliverer: Deliverer) -> None:
+        self._batcher = batcher
+        self._deliverer = deliverer
+        self._handoff: queue.Queue[_Chunk | None] = queue.Queue(maxsize=1)
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread = threading.Thread(target=self._run, name="dodo-ingest-send", daemon=True)
+        self._thread.start()
+
+    def submit(self, chunk: _Chunk) -> None:
+        """Hand over a chunk (call only when :meth:`wait_idle` said the stage is idle)."""
+        self._idle.clear()
+        self._handoff.put(chunk)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until the previous chunk is delivered (or dropped)."""
+        return self._idle.wait(timeout)
+
+    def stop(self, timeout: float | None) -> None:
+        """Finish the chunk in hand, then end the thread (waiting at most ``timeout`` seconds)."""
+        try:
+            self._handoff.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            chunk = self._handoff.get()
+            if chunk is None:
+                return
+            try:
+                self._batcher._complete(chunk, self._deliverer)
+            except Exception:  # pragma: no cover - a bug; keep the app alive and say so
+                logger.exception("dodo-ingest send stage failed on a request")
+            finally:
+                self._idle.set()
+
+
 class Batcher:
     """Queues events and delivers them in the background. Thread-safe; ``add`` never blocks or raises.
 
@@ -108,7 +166,8 @@ class Batcher:
         self._seq = 0  # sequence number of the last accepted event
         self._done_seq = 0  # every event up to this sequence number is sent or dropped
         self._done = threading.Condition(threading.Lock())
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # wakes the flush thread: queue no longer empty, batch full, flush, stop
+        self._retry_wake = threading.Event()  # cuts a retry wait short: flush, stop
         self._flush_target = 0
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -220,14 +279,30 @@ class Batcher:
     def _run(self) -> None:
         transport = self._transport_factory(self.config)
         deliverer = Deliverer(self.config, transport, self.counters, self._sleep, self._log)
+        sender = _SendStage(self, deliverer)
         try:
-            self._loop(deliverer)
+            self._loop(sender)
         except Exception:  # pragma: no cover - a bug; keep the app alive and say so
             logger.exception("dodo-ingest flush thread crashed; events stay queued until shutdown")
         finally:
+            deadline = self._drain_deadline
+            sender.stop(None if deadline is None else max(0.0, deadline - time.monotonic()))
             transport.close()
 
-    def _loop(self, deliverer: Deliverer) -> None:
+    def _pipeline(self, sender: _SendStage) -> None:
+        """Encode the next request while the send stage still delivers the previous one, then top it up with
+        what arrived meanwhile and hand it over: encoding overlaps the network round trip."""
+        chunk = self._take(None)
+        if chunk is None:
+            return
+        while not sender.wait_idle(0.25):
+            deadline = self._drain_deadline
+            if deadline is not None and time.monotonic() >= deadline:
+                self._give_back(chunk.items)  # still queued: the shutdown accounts for it
+                return
+        sender.submit(self._take(chunk) or chunk)
+
+    def _loop(self, sender: _SendStage) -> None:
         config = self.config
         while True:
             self._wake.clear()
@@ -247,25 +322,33 @@ class Batcher:
             if not (stopping or flush_wanted or pending >= config.max_batch_size or due_in <= 0):
                 self._wake.wait(min(due_in, config.flush_interval))
                 continue
-            self.send_next(deliverer)
+            self._pipeline(sender)
 
     def send_next(self, deliverer: Deliverer) -> None:
-        """Take up to one request's worth of events from the head of the queue and deliver it."""
+        """Take up to one request's worth of events from the head of the queue and deliver it, in this thread."""
+        chunk = self._take(None)
+        if chunk is not None:
+            self._complete(chunk, deliverer)
+
+    def _take(self, chunk: _Chunk | None) -> _Chunk | None:
+        """Move events from the head of the queue into ``chunk`` (a new one if None), validated and encoded,
+        until it holds 1000 events or ``max_request_bytes``. Invalid and oversized events are dropped here."""
         config = self.config
+        room = MAX_EVENTS_PER_REQUEST - (len(chunk.items) if chunk is not None else 0)
         with self._lock:
-            if self._queue and len(self._taken) < MAX_EVENTS_PER_REQUEST:
+            if self._queue and len(self._taken) < room:
                 if self._taken:
                     self._taken.extend(self._queue)
                     self._queue.clear()
                 else:
                     self._taken, self._queue = self._queue, deque()
             taken = self._taken
-            items = [taken.popleft() for _ in range(min(len(taken), MAX_EVENTS_PER_REQUEST))]
+            items = [taken.popleft() for _ in range(min(len(taken), room))]
             self.counters.in_flight += len(items)
         if not items:
-            return
-        ready: list[Pending] = []
-        size = len('{"events":[]}')
+            return chunk
+        if chunk is None:
+            chunk = _Chunk()
         invalid: list[tuple[Item, str]] = []
         oversized: list[dict[str, Any]] = []
         for index, item in enumerate(items):
@@ -275,15 +358,16 @@ class Batcher:
                 invalid.append((item, str(exc)))
                 continue
             encoded = encode_event(*fields)
-            if len('{"events":[]}') + len(encoded) > config.max_request_bytes:
+            if _EMPTY_BODY + len(encoded) > config.max_request_bytes:
                 oversized.append(json.loads(encoded))
                 continue
-            if size + len(encoded) + 1 > config.max_request_bytes:
+            if chunk.size + len(encoded) + 1 > config.max_request_bytes:
                 self._give_back(items[index:])
                 items = items[:index]
                 break
-            size += len(encoded) + 1
-            ready.append(Pending(item[0], encoded, item[4]))
+            chunk.size += len(encoded) + 1
+            chunk.ready.append(Pending(item[0], encoded, item[4]))
+        chunk.items.extend(items)
         for item, message in invalid:
             record_drop(self.counters, config, self._log, [_raw_record(item)], "invalid", message)
         if oversized:
@@ -295,15 +379,20 @@ class Batcher:
                 "too_large",
                 f"event alone exceeds max_request_bytes={config.max_request_bytes}",
             )
+        return chunk
+
+    def _complete(self, chunk: _Chunk, deliverer: Deliverer) -> None:
+        """Deliver a taken chunk, then account for every event in it (sent or dropped)."""
         try:
-            if ready:
-                deliverer.deliver(ready)
+            if chunk.ready:
+                deliverer.deliver(chunk.ready)
         finally:
             with self._lock:
-                self.counters.in_flight -= len(items)
-            with self._done:
-                self._done_seq = max(self._done_seq, items[-1][0])
-                self._done.notify_all()
+                self.counters.in_flight -= len(chunk.items)
+            if chunk.items:
+                with self._done:
+                    self._done_seq = max(self._done_seq, chunk.items[-1][0])
+                    self._done.notify_all()
 
     def _give_back(self, items: list[Item]) -> None:
         with self._lock:
@@ -323,8 +412,8 @@ class Batcher:
             remaining = end - time.monotonic()
             if remaining <= 0:
                 return True
-            if self._wake.wait(remaining):
-                self._wake.clear()
+            if self._retry_wake.wait(remaining):
+                self._retry_wake.clear()
                 if flush_wanted:
                     return True
 
@@ -349,6 +438,7 @@ class Batcher:
             if thread is None or not thread.is_alive():
                 return self._drain_here(time.monotonic() + timeout)
         self._wake.set()
+        self._retry_wake.set()
         with self._done:
             return self._done.wait_for(lambda: self._done_seq >= target, timeout)
 
@@ -374,6 +464,7 @@ class Batcher:
             self._drain_deadline = deadline
             self._shutdown_drops_before = self.counters.dropped.get("shutdown", 0)
         self._wake.set()
+        self._retry_wake.set()
 
     def _finish_shutdown(self) -> bool:
         deadline = self._drain_deadline or time.monotonic()

@@ -20,6 +20,7 @@ import itertools
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -87,6 +88,23 @@ def format_timestamp(epoch: float) -> str:
     return f"{prefix}.{min(int((epoch - second) * 1000), 999):03d}Z"
 
 
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d:\d\d)(?:\.(\d+))?([Zz]|[+-]\d\d:\d\d)?")
+
+
+def _parse_rfc3339(value: str) -> datetime | None:
+    """RFC 3339 with any number of fraction digits (``datetime.fromisoformat`` takes only 3 or 6 before 3.11)."""
+    match = _RFC3339.fullmatch(value.strip())
+    if match is None:
+        return None
+    date, clock, fraction, zone = match.groups()
+    fraction = (fraction or "0")[:6].ljust(6, "0")
+    zone = "+00:00" if zone in ("Z", "z") else (zone or "")
+    try:
+        return datetime.fromisoformat(f"{date}T{clock}.{fraction}{zone}")
+    except ValueError:
+        return None
+
+
 def _timestamp_from(value: datetime | str | float | None) -> tuple[float, str]:
     if value is None:
         now = time.time()
@@ -101,10 +119,7 @@ def _timestamp_from(value: datetime | str | float | None) -> tuple[float, str]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value), format_timestamp(float(value))
     if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            parsed = None
+        parsed = _parse_rfc3339(value)
         if parsed is None or parsed.tzinfo is None:
             raise ValidationError(
                 "timestamp",

@@ -245,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
             with Progress(len(calls), dodo_server.event_count, out, not args.no_progress) as progress:
                 outcome = drive(api_url, calls, args.concurrency, progress)
             elapsed = time.perf_counter() - started
+            # A streamed response's event is recorded when the API server closes it, which can come just after
+            # the client has read the body: wait until every metered request reached the SDK, then flush.
+            metered = sum(1 for call in calls if call.metered)
+            settle = time.monotonic() + 10.0
+            while dodo.stats().accepted < metered and time.monotonic() < settle:
+                time.sleep(0.01)
             flushed = dodo.flush(timeout=15.0)
             stats = dodo.stats()
             events = read_events(dodo_server.url, api_key)
