@@ -36,6 +36,7 @@ from dodo_ingest.events import (
     check_identifier,
     clean_metadata,
     encode_event,
+    encode_plain,
     format_timestamp,
     new_event_id,
 )
@@ -352,12 +353,14 @@ class Batcher:
         invalid: list[tuple[Item, str]] = []
         oversized: list[dict[str, Any]] = []
         for index, item in enumerate(items):
-            try:
-                fields = validate_item(item, self.counters)
-            except ValidationError as exc:
-                invalid.append((item, str(exc)))
-                continue
-            encoded = encode_event(*fields)
+            encoded = encode_plain(item[1], item[2], item[3], item[4]) if item[5] is None else None
+            if encoded is None:
+                try:
+                    fields = validate_item(item, self.counters)
+                except ValidationError as exc:
+                    invalid.append((item, str(exc)))
+                    continue
+                encoded = encode_event(*fields)
             if _EMPTY_BODY + len(encoded) > config.max_request_bytes:
                 oversized.append(json.loads(encoded))
                 continue

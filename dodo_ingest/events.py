@@ -312,6 +312,33 @@ def encode_event(
     )
 
 
+def encode_plain(customer_id: Any, event_name: Any, metadata: Any, created: float) -> str | None:
+    """The flush thread's fast path: check and encode a queued event in one step, with a new event id.
+
+    Applies only when nothing needs a message or a repair (ids are non-blank strings, metadata is a flat
+    dict that is already valid); returns None otherwise, and the caller takes the general path.
+    """
+    if (
+        type(customer_id) is not str
+        or type(event_name) is not str
+        or not customer_id
+        or not event_name
+        or customer_id.isspace()
+        or event_name.isspace()
+    ):
+        return None
+    if metadata is None:
+        encoded_metadata = "{}"
+    elif type(metadata) is dict and _plainly_valid(metadata):
+        encoded_metadata = _encode_metadata(metadata)
+    else:
+        return None
+    return (
+        f'{{"event_id":"{_ids.prefix}{next(_ids.counter):x}","customer_id":{_quote(customer_id)},'
+        f'"event_name":{_quote(event_name)},"timestamp":"{format_timestamp(created)}","metadata":{encoded_metadata}}}'
+    )
+
+
 def encode_batch(parts: list[str]) -> bytes:
     """The request body for events already serialized with :meth:`Event.to_json`."""
     return ('{"events":[' + ",".join(parts) + "]}").encode("ascii")
