@@ -6,7 +6,8 @@
 In-process: a hello-world JSON view called directly as a WSGI callable (no HTTP), µs per request, the best of
 several interleaved runs (robust to noisy neighbours on a shared VM); each run ends when the variant's own
 batcher has delivered its events, so the flush thread's work is charged to the variant that caused it.
-Variants: the bare app; the floor, a minimal hand-written collector that appends one tuple to a deque per request, once through Flask's request hooks and once as a WSGI wrapper; ``DodoIngest``; and
+Variants: the bare app; the floor, a minimal hand-written collector that appends one tuple to a deque per request,
+once through Flask's request hooks and once as a WSGI wrapper; ``DodoIngest``; and
 ``DodoIngestMiddleware`` around the Flask app. The SDK's batcher is real, with a transport that discards
 bodies, so the flush thread's work is included but no network is.
 
