@@ -1,10 +1,12 @@
-"""The thread-based batcher: a bounded in-memory queue drained by one daemon flush thread per process.
+"""The thread-based batcher: a bounded in-memory queue drained by one daemon flush thread per batcher and process.
 
 Request thread: :meth:`Batcher.add` appends a tuple to a deque under a lock (no validation, no
 serialization, no I/O) and wakes the flush thread only when the queue goes from empty to non-empty or
 reaches ``max_batch_size``. Flush thread: waits until ``max_batch_size`` events are waiting, or the oldest
 has waited ``flush_interval``, or ``flush()`` / ``shutdown()`` asks; then validates, serializes each event
-once, and sends requests of up to 1000 events / ``max_request_bytes`` through :class:`Deliverer`.
+once, and hands requests of up to 1000 events / ``max_request_bytes`` to its send stage (a second daemon
+thread that owns the HTTP session and runs :class:`Deliverer`, retries included), then encodes the next request
+while that one is on the wire, topping it up with whatever arrived meanwhile before handing it over.
 
 Fork safety: the thread starts lazily on the first event in each process; an ``os.register_at_fork`` hook
 and a pid check in ``add`` give a forked child a fresh queue, lock, session and thread (the parent keeps
