@@ -13,16 +13,7 @@ import pytest
 from dodo_ingest import Batcher, Ingestion
 from dodo_ingest.localserver import Fault, LocalDodoServer
 from tests.conftest import TEST_KEY
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``predicate`` until it holds or the deadline passes (for state with no event to wait on)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        threading.Event().wait(0.01)
-    return True
+from tests.helpers import wait_until
 
 
 def add_many(batch: Batcher, n: int, customer: str = "cus_1", **metadata: Any) -> None:

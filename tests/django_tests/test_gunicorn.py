@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import requests
 
 from dodo_ingest.localserver import LocalDodoServer
 from tests.conftest import TEST_KEY
+from tests.helpers import free_port, wait_for_http
 
 pytest.importorskip("gunicorn")
 
@@ -28,31 +27,12 @@ PROJECT = ROOT / "examples" / "django_project"
 KEYS = {"key_alice": "cus_alice", "key_bob": "cus_bob", "key_carol": "cus_carol"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_until_up(proc: subprocess.Popen[bytes], url: str, deadline: float, log: Path) -> None:
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"gunicorn exited early with {proc.returncode}: {log.read_text(errors='replace')}")
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.05)  # polling with a deadline
-    raise AssertionError(f"gunicorn did not answer {url} in time: {log.read_text(errors='replace')}")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("preload", [False, True], ids=["fork-then-load", "preload"])
 def test_exactly_one_event_per_request_under_gunicorn(
     dodo_server: LocalDodoServer, tmp_path: Path, preload: bool
 ) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "example.settings",  # pytest-django exported the test suite's
@@ -76,7 +56,7 @@ def test_exactly_one_event_per_request_under_gunicorn(
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_up(proc, base + "/healthz", time.monotonic() + 30, tmp_path / "gunicorn.log")
+        wait_for_http(base + "/healthz", proc, 30, lambda: (tmp_path / "gunicorn.log").read_text(errors="replace"))
         expected: Counter[str] = Counter()
         with requests.Session() as session:
             for i in range(60):

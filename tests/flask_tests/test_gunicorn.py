@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +16,7 @@ import requests
 
 from dodo_ingest.localserver import LocalDodoServer
 from tests.conftest import TEST_KEY
+from tests.helpers import free_port, wait_for_http
 
 pytest.importorskip("gunicorn")
 
@@ -26,29 +25,10 @@ REQUESTS = 120
 CUSTOMERS = ["cus_alpha", "cus_beta", "cus_gamma"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_until_serving(url: str, process: subprocess.Popen[bytes], deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"gunicorn exited early with {process.returncode}")
-        try:
-            if requests.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.05)  # polling with a deadline
-    raise AssertionError("gunicorn did not start in time")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("preload", [False, True], ids=["fork-then-import", "preload"])
 def test_gunicorn_delivers_exactly_one_event_per_request(dodo_server: LocalDodoServer, preload: bool) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DODO_PAYMENTS_API_KEY": TEST_KEY,
@@ -80,7 +60,7 @@ def test_gunicorn_delivers_exactly_one_event_per_request(dodo_server: LocalDodoS
     process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_serving(url, process, time.monotonic() + 30)
+        wait_for_http(url + "/health", process, 30, lambda: "gunicorn did not serve the example app")
 
         def call(index: int) -> int:
             customer = CUSTOMERS[index % len(CUSTOMERS)]
