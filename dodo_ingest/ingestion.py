@@ -8,6 +8,7 @@ a batch never raises into its caller.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -20,7 +21,7 @@ from dodo_ingest.delivery import Deliverer, Pending
 from dodo_ingest.errors import AuthenticationError, DeliveryError
 from dodo_ingest.events import Event
 from dodo_ingest.stats import Counters, RateLimitedLog, Stats
-from dodo_ingest.transport import IngestClient
+from dodo_ingest.transport import IngestClient, Transport
 
 _logger = logging.getLogger("dodo_ingest.ingestion")
 
@@ -60,7 +61,8 @@ class Ingestion:
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._sync_counters = Counters()
-        self._sync_transport: IngestClient | Any = None
+        self._sync_transport: Transport | None = None
+        self._sync_pid = 0  # a forked child must not share the parent's keep-alive connection
 
     def __repr__(self) -> str:
         return (
@@ -99,8 +101,10 @@ class Ingestion:
                     sink(event, None)
             return len(events)
         with self._sync_lock:
-            if self._sync_transport is None:
+            if self._sync_transport is None or self._sync_pid != os.getpid():
+                # In a forked child the inherited session's socket is the parent's: leave it, open our own.
                 self._sync_transport = self._transport_factory(self.config)
+                self._sync_pid = os.getpid()
             deliverer = Deliverer(
                 self.config, self._sync_transport, self._sync_counters, _blocking_sleep, RateLimitedLog(_logger)
             )
