@@ -82,6 +82,7 @@ def prepare(item: Item, counters: Counters) -> Event:
 
 
 _EMPTY_BODY = len('{"events":[]}')
+_REFUSED = {"queue_full": "max_queue_size events are already waiting", "shutdown": "added after shutdown()"}
 
 
 class _Chunk:
@@ -222,17 +223,14 @@ class Batcher:
             depth = len(queue) + len(self._taken)
             if self._closed or depth >= config.max_queue_size:
                 reason = "shutdown" if self._closed else "queue_full"
-                self.counters.dropped[reason] = self.counters.dropped.get(reason, 0) + 1
             else:
                 reason = None
                 self._seq += 1
                 queue.append((self._seq, customer_id, event_name, metadata, created, event_id))
                 self.counters.accepted += 1
         if reason is not None:
-            self._log.log(logging.WARNING, reason, "dodo-ingest dropped an event (%s)", reason)
-            if config.on_drop is not None:
-                record = {"customer_id": customer_id, "event_name": event_name, "metadata": metadata}
-                _call_drop_hook(config, [record], reason)
+            item = (0, customer_id, event_name, metadata, created, event_id)
+            record_drop(self.counters, config, self._log, [_raw_record(item)], reason, _REFUSED[reason])
             return False
         if depth == 0 or depth + 1 == config.max_batch_size:
             self._wake.set()
@@ -542,14 +540,6 @@ def _raw_record(item: Item) -> dict[str, Any]:
         "timestamp": format_timestamp(created),
         "metadata": metadata,
     }
-
-
-def _call_drop_hook(config: Config, records: list[dict[str, Any]], reason: str) -> None:
-    try:
-        assert config.on_drop is not None
-        config.on_drop(records, reason)
-    except Exception:
-        logger.exception("dodo-ingest on_drop callback raised; ignored")
 
 
 def _blocking_sleep(seconds: float) -> bool:

@@ -61,7 +61,9 @@ class Ingestion:
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._sync_counters = Counters()
+        self._sync_log = RateLimitedLog(_logger)  # shared by every call, so failures are rate-limited
         self._sync_transport: Transport | None = None
+        self._sync_deliverer: Deliverer | None = None
         self._sync_pid = 0  # a forked child must not share the parent's keep-alive connection
 
     def __repr__(self) -> str:
@@ -105,9 +107,11 @@ class Ingestion:
                 # In a forked child the inherited session's socket is the parent's: leave it, open our own.
                 self._sync_transport = self._transport_factory(self.config)
                 self._sync_pid = os.getpid()
-            deliverer = Deliverer(
-                self.config, self._sync_transport, self._sync_counters, _blocking_sleep, RateLimitedLog(_logger)
-            )
+                self._sync_deliverer = Deliverer(
+                    self.config, self._sync_transport, self._sync_counters, _blocking_sleep, self._sync_log
+                )
+            deliverer = self._sync_deliverer
+            assert deliverer is not None
             drops = []
             for start in range(0, len(events), 1000):
                 chunk = [Pending(0, e.to_json(), e.created or time.time()) for e in events[start : start + 1000]]
@@ -161,7 +165,7 @@ class Ingestion:
         with self._sync_lock:
             if self._sync_transport is not None:
                 self._sync_transport.close()
-                self._sync_transport = None
+                self._sync_transport = self._sync_deliverer = None
         return done
 
 

@@ -103,9 +103,11 @@ class RequestFacts:
 class Meter:
     """Turns finished requests into events on an :class:`Ingestion`'s shared batcher."""
 
-    def __init__(self, ingestion: Ingestion) -> None:
+    def __init__(self, ingestion: Ingestion, config: Config | None = None) -> None:
+        """``config``: this adapter's request-path settings (filters, customer, metadata hooks), when they
+        differ from the ingestion's; the batcher is the ingestion's either way."""
         self.ingestion = ingestion
-        self.config: Config = ingestion.config
+        self.config: Config = config or ingestion.config
         self.batcher = ingestion.batcher
 
     # --- at the start of a request --------------------------------------------------------------------------

@@ -153,12 +153,6 @@ def adapter_config(
     return ingestion, replace(ingestion.config, **changes) if changes else ingestion.config
 
 
-def _make_meter(ingestion: Ingestion, config: Config) -> Meter:
-    meter = Meter(ingestion)
-    meter.config = config  # the request-path settings of this adapter; the batcher stays shared
-    return meter
-
-
 class DodoIngestMiddleware:
     """Meters every request of a WSGI application as one usage event.
 
@@ -179,7 +173,7 @@ class DodoIngestMiddleware:
     ) -> None:
         self.app = app
         self.ingestion, config = adapter_config(ingestion, settings)
-        self.meter = _make_meter(self.ingestion, config)
+        self.meter = Meter(self.ingestion, config)
         self.route_resolver: RouteResolver = route_resolver or default_route_resolver
 
     def __repr__(self) -> str:

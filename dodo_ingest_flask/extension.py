@@ -244,8 +244,7 @@ class _AppMeter:
     """The extension's receivers for one app. Holds no reference to the app (signals hold it weakly)."""
 
     def __init__(self, ingestion: Ingestion, config: Config) -> None:
-        self.meter = Meter(ingestion)
-        self.meter.config = config  # this app's request-path settings; the batcher may be shared
+        self.meter = Meter(ingestion, config)  # this app's request-path settings; the batcher may be shared
 
     def on_started(self, sender: Flask, **_: Any) -> None:
         try:
