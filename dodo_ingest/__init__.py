@@ -15,7 +15,6 @@ Framework integrations: :mod:`dodo_ingest.wsgi`, :mod:`dodo_ingest_flask`, :mod:
 
 from dodo_ingest._version import __version__
 from dodo_ingest.batcher import Batcher
-from dodo_ingest.config import SETTINGS, Config
 from dodo_ingest.delivery import DeliveryFailure
 from dodo_ingest.errors import (
     AuthenticationError,
@@ -24,31 +23,24 @@ from dodo_ingest.errors import (
     DodoIngestError,
     ValidationError,
 )
-from dodo_ingest.events import Event, new_event_id
+from dodo_ingest.events import Event
 from dodo_ingest.ingestion import Ingestion, create_batch, track_api_call
-from dodo_ingest.metering import Meter, RequestFacts, annotate
-from dodo_ingest.stats import DROP_REASONS, SKIP_REASONS, Stats
+from dodo_ingest.request import annotate
+from dodo_ingest.stats import Stats
 
 __all__ = [
-    "DROP_REASONS",
-    "SETTINGS",
-    "SKIP_REASONS",
     "AuthenticationError",
     "Batcher",
-    "Config",
     "ConfigurationError",
     "DeliveryError",
     "DeliveryFailure",
     "DodoIngestError",
     "Event",
     "Ingestion",
-    "Meter",
-    "RequestFacts",
     "Stats",
     "ValidationError",
     "__version__",
     "annotate",
     "create_batch",
-    "new_event_id",
     "track_api_call",
 ]

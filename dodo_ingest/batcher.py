@@ -1,142 +1,146 @@
 """The thread-based batcher: a bounded in-memory queue drained by one daemon flush thread per batcher and process.
 
-Request thread: :meth:`Batcher.add` appends a tuple to a deque under a lock (no validation, no
+Request thread: :meth:`Batcher.add` appends a :class:`Queued` tuple to a deque under a lock (no validation, no
 serialization, no I/O) and wakes the flush thread only when the queue goes from empty to non-empty or
-reaches ``max_batch_size``. Flush thread: waits until ``max_batch_size`` events are waiting, or the oldest
-has waited ``flush_interval``, or ``flush()`` / ``shutdown()`` asks; then validates, serializes each event
-once, and hands requests of up to 1000 events / ``max_request_bytes`` to its send stage (a second daemon
-thread that owns the HTTP session and runs :class:`Deliverer`, retries included), then encodes the next request
-while that one is on the wire, topping it up with whatever arrived meanwhile before handing it over.
+reaches ``max_batch_size``.
 
-Fork safety: the thread starts lazily on the first event in each process; an ``os.register_at_fork`` hook
-and a pid check in ``add`` give a forked child a fresh queue, lock, session and thread (the parent keeps
-and delivers what it had queued). At interpreter exit every live batcher drains within its
-``shutdown_timeout``.
+Flush thread (:meth:`Batcher._run`, top to bottom): wait until :meth:`Batcher._send_now` says a request is due
+(``max_batch_size`` events waiting, the oldest waiting ``flush_interval``, a ``flush()``, a shutdown); take up
+to one request's worth (1000 events, ``max_request_bytes``); build, validate and encode each event, dropping
+the ones that cannot be sent (anything at all that goes wrong with one event drops that event, counted as
+``invalid``, never the thread); deliver the rest with :class:`~dodo_ingest.delivery.Deliverer`, retries
+included; account for every event. The flush thread is also the batcher's :class:`~dodo_ingest.delivery.Waiter`:
+every wait is an ``Event.wait`` that ``flush()`` and ``shutdown()`` interrupt.
+
+Per-process state: every entry point compares ``os.getpid()`` with the pid that built the queue, lock, counters
+and thread; a forked child (by ``os.fork``, uWSGI, or a raw ``fork()``) starts afresh and the parent keeps and
+delivers what it had queued. If the flush thread ever ends unexpectedly, the next ``add()`` starts a new one.
 """
 
 from __future__ import annotations
 
-import atexit
-import json
 import logging
 import os
-import queue
-import sys
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
+from dodo_ingest import lifecycle
 from dodo_ingest.config import MAX_EVENTS_PER_REQUEST, Config
-from dodo_ingest.delivery import Deliverer, Pending, record_drop
+from dodo_ingest.delivery import Budget, Deliverer, Pending, record_drop
 from dodo_ingest.errors import ValidationError
 from dodo_ingest.events import (
     Event,
     check_identifier,
     clean_metadata,
+    describe,
     encode_event,
     encode_plain,
     format_timestamp,
     new_event_id,
 )
 from dodo_ingest.stats import Counters, RateLimitedLog, Stats
+from dodo_ingest.sync import SyncSender
 from dodo_ingest.transport import IngestClient, Transport
 
 logger = logging.getLogger("dodo_ingest.batcher")
 
-# A queued item: (seq, customer_id, event_name, metadata, created, event_id or None)
-Item = tuple[int, Any, Any, Any, float, Any]
 TransportFactory = Callable[[Config], Transport]
 
 #: Capture sinks installed by :func:`dodo_ingest.testing.capture_events`: while any is installed, every
 #: batcher hands its events to them instead of queueing them.
 _capture_sinks: list[Callable[[Event | None, str | None], None]] = []
 
+_EMPTY_BODY = len('{"events":[]}')
+_REFUSED = {"queue_full": "max_queue_size events are already waiting", "shutdown": "added after shutdown()"}
+#: Seconds kept before a shutdown deadline for the last attempt of a failing request.
+_LAST_ATTEMPT_RESERVE = 1.0
 
-def validate_item(item: Item, counters: Counters) -> tuple[str, str, str, str, dict[str, Any]]:
-    """Validate a queued item (lenient policy): ``(event_id, customer_id, event_name, timestamp, metadata)``.
 
-    Raises ValidationError to drop it. Fixes the event id here, once; retries reuse the serialized event.
+class LazyMetadata:
+    """Metadata that the flush thread builds (the request thread only hands over the facts)."""
+
+    __slots__ = ()
+
+    def build(self) -> Mapping[str, Any]:
+        """The event's metadata (may raise: the event is then dropped as ``invalid``)."""
+        raise NotImplementedError
+
+
+class Queued(NamedTuple):
+    """One accepted event, as the request thread hands it over."""
+
+    seq: int
+    customer_id: Any
+    event_name: Any
+    metadata: Any  # a dict, None, or LazyMetadata
+    created: float
+    event_id: Any  # None: the flush thread gives it one
+
+
+def build_event(item: Queued, counters: Counters) -> tuple[str, str, str, str, dict[str, Any]]:
+    """Validate a queued event (lenient policy): ``(event_id, customer_id, event_name, timestamp, metadata)``.
+
+    Raises :class:`ValidationError` to drop it. The event id is fixed here, once; retries reuse the JSON.
     """
-    _, customer_id, event_name, metadata, created, event_id = item
-    if type(customer_id) is not str or not customer_id.strip():
-        raise ValidationError("customer_id", check_identifier("customer_id", customer_id) or "invalid")
-    if type(event_name) is not str or not event_name.strip():
-        raise ValidationError("event_name", check_identifier("event_name", event_name) or "invalid")
+    customer_id, event_name, event_id = item.customer_id, item.event_name, item.event_id
+    for name, value in (("customer_id", customer_id), ("event_name", event_name)):
+        problem = check_identifier(name, value)
+        if problem:
+            raise ValidationError(name, problem)
     if event_id is not None:
         problem = check_identifier("event_id", event_id)
         if problem:
             raise ValidationError("event_id", problem)
+    metadata = item.metadata
+    if isinstance(metadata, LazyMetadata):
+        metadata = metadata.build()
     clean, repairs = clean_metadata(metadata, strict=False)
     if repairs:
         counters.add("repaired", repairs)
-    return event_id or new_event_id(), customer_id, event_name, format_timestamp(created), clean
+    return (
+        event_id or new_event_id(),
+        str.__str__(customer_id),
+        str.__str__(event_name),
+        format_timestamp(item.created),
+        clean,
+    )
 
 
-def prepare(item: Item, counters: Counters) -> Event:
-    """Validate a queued item and build its :class:`Event` (capture and sync modes)."""
-    return Event(*validate_item(item, counters), created=item[4])
+def encode_item(item: Queued, counters: Counters) -> str:
+    """A queued event as its JSON, ready to send (raises ValidationError to drop it)."""
+    if item.event_id is None and not isinstance(item.metadata, LazyMetadata):
+        encoded = encode_plain(item.customer_id, item.event_name, item.metadata, item.created)
+        if encoded is not None:
+            return encoded
+    return encode_event(*build_event(item, counters))
 
 
-_EMPTY_BODY = len('{"events":[]}')
-_REFUSED = {"queue_full": "max_queue_size events are already waiting", "shutdown": "added after shutdown()"}
-
-
-class _Chunk:
-    """One request in the making: the queued items taken for it and their encoded events."""
-
-    __slots__ = ("items", "ready", "size")
-
-    def __init__(self) -> None:
-        self.items: list[Item] = []
-        self.ready: list[Pending] = []
-        self.size = _EMPTY_BODY
-
-
-class _SendStage:
-    """A daemon thread that delivers one chunk at a time (with its retries), so that the flush thread can
-    encode the next chunk meanwhile. It owns the HTTP session; a hand-off of size one bounds the pipeline."""
-
-    def __init__(self, batcher: Batcher, deliverer: Deliverer) -> None:
-        self._batcher = batcher
-        self._deliverer = deliverer
-        self._handoff: queue.Queue[_Chunk | None] = queue.Queue(maxsize=1)
-        self._idle = threading.Event()
-        self._idle.set()
-        self._thread = threading.Thread(target=self._run, name="dodo-ingest-send", daemon=True)
-        self._thread.start()
-
-    def submit(self, chunk: _Chunk) -> None:
-        """Hand over a chunk (call only when :meth:`wait_idle` said the stage is idle)."""
-        self._idle.clear()
-        self._handoff.put(chunk)
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until the previous chunk is delivered (or dropped)."""
-        return self._idle.wait(timeout)
-
-    def stop(self, timeout: float | None) -> None:
-        """Finish the chunk in hand, then end the thread (waiting at most ``timeout`` seconds)."""
+def _raw_record(item: Queued) -> dict[str, Any]:
+    """What ``on_drop`` gets for an event that never became JSON."""
+    metadata = item.metadata
+    if isinstance(metadata, LazyMetadata):
         try:
-            self._handoff.put(None, timeout=timeout)
-        except queue.Full:
-            return
-        self._thread.join(timeout)
+            metadata = dict(metadata.build())
+        except Exception:
+            metadata = None
+    return {
+        "event_id": item.event_id,
+        "customer_id": item.customer_id,
+        "event_name": item.event_name,
+        "timestamp": format_timestamp(item.created),
+        "metadata": metadata,
+    }
 
-    def _run(self) -> None:
-        while True:
-            chunk = self._handoff.get()
-            if chunk is None:
-                return
-            try:
-                self._batcher._complete(chunk, self._deliverer)
-            except Exception:  # pragma: no cover - a bug; keep the app alive and say so
-                logger.exception("dodo-ingest send stage failed on a request")
-            finally:
-                self._idle.set()
+
+class _Chunk(NamedTuple):
+    """One request's worth taken from the queue: the last sequence number in it and its ready events."""
+
+    last_seq: int
+    ready: list[Pending]
 
 
 class Batcher:
@@ -149,9 +153,8 @@ class Batcher:
     def __init__(self, config: Config, *, transport_factory: TransportFactory = IngestClient) -> None:
         self.config = config
         self._transport_factory = transport_factory
-        self._log = RateLimitedLog(logger)
         self._init_process_state()
-        _live_batchers.add(self)
+        lifecycle.register(self)
 
     def __repr__(self) -> str:
         return (
@@ -163,27 +166,45 @@ class Batcher:
 
     def _init_process_state(self) -> None:
         self._pid = os.getpid()
+        self._log = RateLimitedLog(logger)
         self.counters = Counters()
         self._lock = self.counters.lock
-        self._queue: deque[Item] = deque()
-        self._taken: deque[Item] = deque()  # the flush thread's share of the queue, popped under the lock
+        self._queue: deque[Queued] = deque()
         self._seq = 0  # sequence number of the last accepted event
         self._done_seq = 0  # every event up to this sequence number is sent or dropped
         self._done = threading.Condition(threading.Lock())
-        self._wake = threading.Event()  # wakes the flush thread: queue no longer empty, batch full, flush, stop
-        self._retry_wake = threading.Event()  # cuts a retry wait short: flush, stop
+        self._wake = threading.Event()  # the flush thread's wait for work: batch full, flush, stop
+        self._interrupt = threading.Event()  # cuts a retry wait short: flush, stop
         self._flush_target = 0
+        self._flushes = 0  # incremented by every flush() that has something to wait for
         self._thread: threading.Thread | None = None
-        self._stopping = False
-        self._closed = False
-        self._drain_deadline: float | None = None
+        self._closed = False  # shutdown begun: add() refuses
+        self._finalized = False  # shutdown finished: what is left has been accounted for
+        self._deadline: float | None = None
         self._shutdown_drops_before = 0
-        self._sync_lock = threading.Lock()
-        self._sync_deliverer: Deliverer | None = None
+        self._sync = SyncSender(self.config, self._transport_factory, self.counters, self._log)
 
-    def _after_fork(self) -> None:
-        """In a forked child: forget the parent's queue (the parent delivers it) and start afresh."""
-        self._init_process_state()
+    def _own(self) -> None:
+        """Make sure this process's state is this process's own (uWSGI and raw forks run no at-fork hook)."""
+        if self._pid != os.getpid():
+            with lifecycle.fork_guard():
+                if self._pid != os.getpid():
+                    self._init_process_state()
+
+    @property
+    def closed(self) -> bool:
+        """Whether a shutdown has begun (in this process): ``add`` refuses from then on."""
+        return self._pid == os.getpid() and self._closed
+
+    @property
+    def owner_pid(self) -> int:
+        """The pid of the process whose events this batcher holds."""
+        return self._pid
+
+    @property
+    def shutdown_timeout(self) -> float:
+        """Seconds the exit drain may take (the ``shutdown_timeout`` setting)."""
+        return self.config.shutdown_timeout
 
     # --- the request-thread side --------------------------------------------------------------------------
 
@@ -203,64 +224,66 @@ class Batcher:
         """
         try:
             item_metadata = dict(metadata) if metadata is not None else None
-            return self._add(customer_id, event_name or self.config.event_name, item_metadata, event_id)
+        except Exception as exc:
+            self._refuse(Queued(0, customer_id, event_name, None, time.time(), event_id), "invalid", str(exc))
+            return False
+        return self.enqueue(customer_id, event_name or self.config.event_name, item_metadata, event_id)
+
+    def enqueue(self, customer_id: Any, event_name: Any, metadata: Any, event_id: Any = None) -> bool:
+        """:meth:`add` without the copy and the defaults (the adapters' path); never raises."""
+        try:
+            self._own()
+            config = self.config
+            if not config.enabled:
+                return False
+            created = time.time()
+            if _capture_sinks or config.sync_mode:
+                return self._add_now(Queued(0, customer_id, event_name, metadata, created, event_id))
+            queue = self._queue
+            with self._lock:
+                depth = len(queue)
+                if self._closed or depth >= config.max_queue_size:
+                    reason = "shutdown" if self._closed else "queue_full"
+                else:
+                    reason = None
+                    self._seq += 1
+                    queue.append(Queued(self._seq, customer_id, event_name, metadata, created, event_id))
+                    self.counters.accepted += 1
+            if reason is not None:
+                self._refuse(Queued(0, customer_id, event_name, metadata, created, event_id), reason, _REFUSED[reason])
+                return False
+            if depth == 0 or depth + 1 == config.max_batch_size:
+                self._wake.set()
+            if self._thread is None:
+                self._start()
+            return True
         except Exception:  # pragma: no cover - defensive: metering must never break the caller
             logger.exception("dodo-ingest could not queue an event; dropped")
             self.counters.drop("invalid")
             return False
 
-    def _add(self, customer_id: Any, event_name: Any, metadata: Any, event_id: Any) -> bool:
-        if self._pid != os.getpid():
-            self._after_fork()
-        config = self.config
-        if not config.enabled:
-            return False
-        created = time.time()
-        if _capture_sinks or config.sync_mode:
-            return self._add_now((0, customer_id, event_name, metadata, created, event_id))
-        queue = self._queue
-        with self._lock:
-            depth = len(queue) + len(self._taken)
-            if self._closed or depth >= config.max_queue_size:
-                reason = "shutdown" if self._closed else "queue_full"
-            else:
-                reason = None
-                self._seq += 1
-                queue.append((self._seq, customer_id, event_name, metadata, created, event_id))
-                self.counters.accepted += 1
-        if reason is not None:
-            item = (0, customer_id, event_name, metadata, created, event_id)
-            record_drop(self.counters, config, self._log, [_raw_record(item)], reason, _REFUSED[reason])
-            return False
-        if depth == 0 or depth + 1 == config.max_batch_size:
-            self._wake.set()
-        if self._thread is None:
-            self._start()
-        return True
+    def _refuse(self, item: Queued, reason: str, message: str) -> None:
+        """An event not accepted: counted and logged here; ``on_drop`` runs in the calling thread."""
+        record_drop(self.counters, self.config, self._log, [_raw_record(item)], reason, message)
 
-    def _add_now(self, item: Item) -> bool:
+    def _add_now(self, item: Queued) -> bool:
         """Capture mode and sync mode: validate and hand over in the calling thread."""
         with self._lock:
             self.counters.accepted += 1
         try:
-            event = prepare(item, self.counters)
-        except ValidationError as exc:
+            event = Event(*build_event(item, self.counters), created=item.created)
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, ValidationError) else f"could not be built: {describe(exc)}"
             for sink in list(_capture_sinks):
-                sink(None, str(exc))
-            record_drop(self.counters, self.config, self._log, [_raw_record(item)], "invalid", str(exc))
+                sink(None, message)
+            self._refuse(item, "invalid", message)
             return False
         if _capture_sinks:
             for sink in list(_capture_sinks):
                 sink(event, None)
             self.counters.add("sent")
             return True
-        with self._sync_lock:
-            if self._sync_deliverer is None:
-                self._sync_deliverer = Deliverer(
-                    self.config, self._transport_factory(self.config), self.counters, _blocking_sleep, self._log
-                )
-            drops = self._sync_deliverer.deliver([Pending(0, event.to_json(), event.created)])
-        return not drops
+        return not self._sync.send([Pending(0, event.to_json(), event.created)])
 
     def _start(self) -> None:
         with self._lock:
@@ -268,8 +291,7 @@ class Batcher:
                 return
             thread = threading.Thread(target=self._run, name="dodo-ingest-flush", daemon=True)
             self._thread = thread
-        _hook_multiprocessing_exit()
-        _warn_if_uwsgi_has_no_threads()
+        lifecycle.process_started_thread()
         try:
             thread.start()
         except RuntimeError:  # at interpreter shutdown no thread can start: the exit drain sends instead
@@ -279,146 +301,160 @@ class Batcher:
 
     def _run(self) -> None:
         transport = self._transport_factory(self.config)
-        deliverer = Deliverer(self.config, transport, self.counters, self._sleep, self._log)
-        sender = _SendStage(self, deliverer)
+        deliverer = Deliverer(self.config, transport, self.counters, self, self._log)
         try:
-            self._loop(sender)
-        except Exception:  # pragma: no cover - a bug; keep the app alive and say so
-            logger.exception("dodo-ingest flush thread crashed; events stay queued until shutdown")
+            while self._wait_for_work():
+                chunk = self._take()
+                if chunk is not None:
+                    self._deliver(chunk, deliverer)
+        except BaseException:  # pragma: no cover - a bug; keep the app alive, say so, let add() restart us
+            logger.exception("dodo-ingest flush thread failed; a new one starts with the next event")
         finally:
-            deadline = self._drain_deadline
-            sender.stop(None if deadline is None else max(0.0, deadline - time.monotonic()))
             transport.close()
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
 
-    def _pipeline(self, sender: _SendStage) -> None:
-        """Encode the next request while the send stage still delivers the previous one, then top it up with
-        what arrived meanwhile and hand it over: encoding overlaps the network round trip."""
-        chunk = self._take(None)
-        if chunk is None:
-            return
-        while not sender.wait_idle(0.25):
-            deadline = self._drain_deadline
-            if deadline is not None and time.monotonic() >= deadline:
-                self._give_back(chunk.items)  # still queued: the shutdown accounts for it
-                return
-        sender.submit(self._take(chunk) or chunk)
-
-    def _loop(self, sender: _SendStage) -> None:
-        config = self.config
+    def _wait_for_work(self) -> bool:
+        """Block until a request is due (True) or the batcher has stopped and nothing is left (False)."""
         while True:
             self._wake.clear()
             with self._lock:
-                pending = len(self._queue) + len(self._taken)
-                head = self._taken[0] if self._taken else (self._queue[0] if self._queue else None)
-                stopping, deadline = self._stopping, self._drain_deadline
-                flush_wanted = self._flush_target > self._done_seq
-            if stopping and deadline is not None and time.monotonic() >= deadline:
-                return
-            if head is None:
+                due_in = self._send_now()
+                stopping = self._closed
+            if due_in is None:
                 if stopping:
-                    return
+                    return False
                 self._wake.wait()
-                continue
-            due_in = head[4] + config.flush_interval - time.time()
-            if not (stopping or flush_wanted or pending >= config.max_batch_size or due_in <= 0):
-                self._wake.wait(min(due_in, config.flush_interval))
-                continue
-            self._pipeline(sender)
+            elif due_in <= 0:
+                return True
+            else:
+                self._wake.wait(due_in)
 
-    def send_next(self, deliverer: Deliverer) -> None:
-        """Take up to one request's worth of events from the head of the queue and deliver it, in this thread."""
-        chunk = self._take(None)
-        if chunk is not None:
-            self._complete(chunk, deliverer)
+    def _send_now(self) -> float | None:
+        """The one "should we send now" rule (called under the lock): seconds until a request is due (0 or less:
+        now), or None when nothing is queued (or the shutdown deadline has passed)."""
+        queue = self._queue
+        if not queue:
+            return None
+        if self._closed:
+            deadline = self._deadline
+            return None if deadline is not None and time.monotonic() >= deadline else 0.0
+        if self._flush_target > self._done_seq or len(queue) >= self.config.max_batch_size:
+            return 0.0
+        return queue[0].created + self.config.flush_interval - time.time()
 
-    def _take(self, chunk: _Chunk | None) -> _Chunk | None:
-        """Move events from the head of the queue into ``chunk`` (a new one if None), validated and encoded,
-        until it holds 1000 events or ``max_request_bytes``. Invalid and oversized events are dropped here."""
+    def _take(self) -> _Chunk | None:
+        """Take up to one request's worth from the head of the queue, each event built and encoded.
+
+        Events that cannot be sent are dropped here, once: ``invalid`` (anything that goes wrong building one
+        event) or ``too_large`` (one event over ``max_request_bytes``).
+        """
         config = self.config
-        room = MAX_EVENTS_PER_REQUEST - (len(chunk.items) if chunk is not None else 0)
         with self._lock:
-            if self._queue and len(self._taken) < room:
-                if self._taken:
-                    self._taken.extend(self._queue)
-                    self._queue.clear()
-                else:
-                    self._taken, self._queue = self._queue, deque()
-            taken = self._taken
-            items = [taken.popleft() for _ in range(min(len(taken), room))]
-            self.counters.in_flight += len(items)
+            count = min(len(self._queue), MAX_EVENTS_PER_REQUEST)
+            items = [self._queue.popleft() for _ in range(count)]
+            self.counters.in_flight += count
         if not items:
-            return chunk
-        if chunk is None:
-            chunk = _Chunk()
-        invalid: list[tuple[Item, str]] = []
-        oversized: list[dict[str, Any]] = []
+            return None
+        ready: list[Pending] = []
+        size = _EMPTY_BODY
+        user_ids: set[str] = set()
+        invalid: list[tuple[Queued, str, str]] = []
+        taken = len(items)
         for index, item in enumerate(items):
-            encoded = encode_plain(item[1], item[2], item[3], item[4]) if item[5] is None else None
-            if encoded is None:
-                try:
-                    fields = validate_item(item, self.counters)
-                except ValidationError as exc:
-                    invalid.append((item, str(exc)))
-                    continue
-                encoded = encode_event(*fields)
-            if _EMPTY_BODY + len(encoded) > config.max_request_bytes:
-                oversized.append(json.loads(encoded))
+            try:
+                encoded = encode_item(item, self.counters)
+            except ValidationError as exc:
+                invalid.append((item, "invalid", str(exc)))
                 continue
-            if chunk.size + len(encoded) + 1 > config.max_request_bytes:
+            except Exception as exc:  # a hook's dict, a value whose __float__ raises...: this event only
+                invalid.append((item, "invalid", f"could not be built: {type(exc).__name__}: {describe(exc)}"))
+                continue
+            if item.event_id is not None:
+                if item.event_id in user_ids:
+                    invalid.append((item, "duplicate_id", f"event_id {describe(item.event_id)} repeats in one request"))
+                    continue
+                user_ids.add(item.event_id)
+            if _EMPTY_BODY + len(encoded) > config.max_request_bytes:
+                invalid.append(
+                    (item, "too_large", f"the event alone exceeds max_request_bytes={config.max_request_bytes}")
+                )
+                continue
+            if ready and size + len(encoded) + 1 > config.max_request_bytes:
                 self._give_back(items[index:])
-                items = items[:index]
+                taken = index
                 break
-            chunk.size += len(encoded) + 1
-            chunk.ready.append(Pending(item[0], encoded, item[4]))
-        chunk.items.extend(items)
-        for item, message in invalid:
-            record_drop(self.counters, config, self._log, [_raw_record(item)], "invalid", message)
-        if oversized:
-            record_drop(
-                self.counters,
-                config,
-                self._log,
-                oversized,
-                "too_large",
-                f"event alone exceeds max_request_bytes={config.max_request_bytes}",
-            )
-        return chunk
+            size += len(encoded) + 1
+            ready.append(Pending(item.seq, encoded, item.created))
+        if invalid:
+            with self._lock:
+                self.counters.in_flight -= len(invalid)
+            for item, reason, message in invalid:
+                self._refuse(item, reason, message)
+        return _Chunk(items[taken - 1].seq, ready)
 
-    def _complete(self, chunk: _Chunk, deliverer: Deliverer) -> None:
+    def _give_back(self, items: list[Queued]) -> None:
+        """Put events that did not fit back at the head of the queue (unless the shutdown has already
+        accounted for the queue: then they are dropped, once)."""
+        with self._lock:
+            self.counters.in_flight -= len(items)
+            finalized = self._finalized
+            if not finalized:
+                self._queue.extendleft(reversed(items))
+        if finalized:
+            for item in items:
+                self._refuse(item, "shutdown", "the shutdown deadline passed before these could be delivered")
+            self._mark_done(items[-1].seq)
+
+    def _deliver(self, chunk: _Chunk, deliverer: Deliverer) -> None:
         """Deliver a taken chunk, then account for every event in it (sent or dropped)."""
         try:
             if chunk.ready:
                 deliverer.deliver(chunk.ready)
+        except Exception:  # pragma: no cover - a bug in delivery: the events are not known to be sent
+            logger.exception("dodo-ingest failed delivering %d events; dropped", len(chunk.ready))
+            self.counters.drop("internal_error", len(chunk.ready))
         finally:
             with self._lock:
-                self.counters.in_flight -= len(chunk.items)
-            if chunk.items:
-                with self._done:
-                    self._done_seq = max(self._done_seq, chunk.items[-1][0])
-                    self._done.notify_all()
+                self.counters.in_flight -= len(chunk.ready)
+            self._mark_done(chunk.last_seq)
 
-    def _give_back(self, items: list[Item]) -> None:
-        with self._lock:
-            self._taken.extendleft(reversed(items))
-            self.counters.in_flight -= len(items)
+    def _mark_done(self, seq: int) -> None:
+        with self._done:
+            if seq > self._done_seq:
+                self._done_seq = seq
+            self._done.notify_all()
 
-    def _sleep(self, seconds: float) -> bool:
-        """The flush thread's only way to wait: ``flush()`` cuts it short (True: retry now); a shutdown
-        deadline closer than the wait makes it give up at once (False)."""
+    # --- the flush thread's waits (the Waiter of its Deliverer) -------------------------------------------
+
+    def wait(self, seconds: float, mandated: bool) -> bool:
+        """Wait before a retry. ``flush()`` cuts our own backoff short (not a wait the server asked for); near
+        the shutdown deadline, answer False at the last moment that still leaves time for one more attempt."""
         end = time.monotonic() + seconds
+        flushes = self._flushes
         while True:
+            self._interrupt.clear()
             with self._lock:
-                deadline = self._drain_deadline
-                flush_wanted = self._flush_target > self._done_seq
-            if deadline is not None and end > deadline:
-                return False
-            remaining = end - time.monotonic()
-            if remaining <= 0:
+                deadline = self._deadline
+            now = time.monotonic()
+            if deadline is not None:
+                last_moment = deadline - min(_LAST_ATTEMPT_RESERVE, self.config.request_timeout)
+                if end > last_moment:
+                    if now < last_moment:
+                        self._interrupt.wait(last_moment - now)
+                        continue  # re-check: the deadline can only move closer
+                    return False
+            if now >= end:
                 return True
-            if self._retry_wake.wait(remaining):
-                self._retry_wake.clear()
-                if flush_wanted:
-                    return True
+            if not mandated and self._flushes != flushes:
+                return True
+            self._interrupt.wait(end - now)
+
+    def time_left(self) -> float | None:
+        """Seconds until the shutdown deadline, if a shutdown has begun."""
+        deadline = self._deadline
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     # --- control --------------------------------------------------------------------------------------------
 
@@ -427,13 +463,13 @@ class Batcher:
 
         Returns True when every event added before the call has been sent or dropped (see :meth:`stats`).
         """
-        if self._pid != os.getpid():
-            self._after_fork()
+        self._own()
         with self._lock:
             target = self._seq
             if target <= self._done_seq:
                 return True
             self._flush_target = max(self._flush_target, target)
+            self._flushes += 1
         thread = self._thread
         if thread is None or not thread.is_alive():
             self._start()
@@ -441,45 +477,51 @@ class Batcher:
             if thread is None or not thread.is_alive():
                 return self._drain_here(time.monotonic() + timeout)
         self._wake.set()
-        self._retry_wake.set()
+        self._interrupt.set()
         with self._done:
             return self._done.wait_for(lambda: self._done_seq >= target, timeout)
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Deliver what is queued within ``timeout`` (default ``shutdown_timeout``), then stop. Idempotent.
 
-        Events still queued at the deadline are dropped as ``shutdown`` (counted, logged, passed to
-        ``on_drop``). Returns True when nothing was left behind. Later ``add`` calls return False.
+        A request that keeps failing is tried once more just before the deadline. Events still queued at the
+        deadline are dropped as ``shutdown`` (counted, logged, passed to ``on_drop``). Returns True when
+        nothing was left behind. Later ``add`` calls return False.
         """
         timeout = self.config.shutdown_timeout if timeout is None else timeout
-        self._begin_shutdown(time.monotonic() + timeout)
-        return self._finish_shutdown()
+        self.begin_shutdown(time.monotonic() + timeout)
+        return self.finish_shutdown()
 
     cleanup = shutdown  # the JavaScript blueprint's name
 
-    def _begin_shutdown(self, deadline: float) -> None:
-        if self._pid != os.getpid():
-            self._after_fork()
+    def begin_shutdown(self, deadline: float) -> None:
+        """Refuse new events and start delivering what is queued, until ``deadline`` (``time.monotonic()``)."""
+        self._own()
         with self._lock:
             if self._closed:
                 return
-            self._closed = self._stopping = True
-            self._drain_deadline = deadline
+            self._closed = True
+            self._deadline = deadline
             self._shutdown_drops_before = self.counters.dropped.get("shutdown", 0)
         self._wake.set()
-        self._retry_wake.set()
+        self._interrupt.set()
 
-    def _finish_shutdown(self) -> bool:
-        deadline = self._drain_deadline or time.monotonic()
+    def finish_shutdown(self) -> bool:
+        """Wait (until the deadline) for the drain :meth:`begin_shutdown` started; account for what is left."""
+        self._own()
+        deadline = self._deadline or time.monotonic()
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
-        elif self._queue or self._taken:
+        elif self._queue and not self._finalized:
             self._drain_here(deadline)
         with self._lock:
-            left = list(self._taken) + list(self._queue)
-            self._taken.clear()
-            self._queue.clear()
+            if self._finalized:
+                left: list[Queued] = []
+            else:
+                self._finalized = True
+                left = list(self._queue)
+                self._queue.clear()
             in_flight = self.counters.in_flight
         if left:
             record_drop(
@@ -490,11 +532,14 @@ class Batcher:
                 "shutdown",
                 "the shutdown deadline passed before these could be delivered",
             )
-            with self._done:
-                self._done_seq = max(self._done_seq, left[-1][0])
-                self._done.notify_all()
+            self._mark_done(left[-1].seq)
         if in_flight:
-            logger.warning("dodo-ingest: %d events were still being sent when the shutdown deadline passed", in_flight)
+            logger.warning(
+                "dodo-ingest: %d events were still being sent when the shutdown deadline passed; they are counted "
+                "as sent or dropped when that request ends",
+                in_flight,
+            )
+        self._sync.close()
         with self._lock:
             lost = self.counters.dropped.get("shutdown", 0) - self._shutdown_drops_before
         return not lost and not in_flight
@@ -502,25 +547,23 @@ class Batcher:
     def _drain_here(self, deadline: float) -> bool:
         """Deliver in the calling thread (no flush thread could run), within ``deadline``."""
         transport = self._transport_factory(self.config)
-
-        def sleep(seconds: float) -> bool:
-            if time.monotonic() + seconds > deadline:
-                return False
-            time.sleep(seconds)
-            return True
-
-        deliverer = Deliverer(self.config, transport, self.counters, sleep, self._log)
+        deliverer = Deliverer(
+            self.config, transport, self.counters, Budget(max(0.0, deadline - time.monotonic())), self._log
+        )
         try:
-            while (self._queue or self._taken) and time.monotonic() < deadline:
-                self.send_next(deliverer)
+            while self._queue and time.monotonic() < deadline:
+                chunk = self._take()
+                if chunk is not None:
+                    self._deliver(chunk, deliverer)
         finally:
             transport.close()
-        return not (self._queue or self._taken)
+        return not self._queue
 
     def stats(self) -> Stats:
         """A consistent snapshot of the counters: accepted, sent, retried, dropped by reason, queued, ..."""
+        self._own()
         with self._lock:
-            return self.counters.snapshot(len(self._queue) + len(self._taken))
+            return self.counters.snapshot(len(self._queue))
 
     def __enter__(self) -> Batcher:
         return self
@@ -529,75 +572,3 @@ class Batcher:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.shutdown()
-
-
-def _raw_record(item: Item) -> dict[str, Any]:
-    _, customer_id, event_name, metadata, created, event_id = item
-    return {
-        "event_id": event_id,
-        "customer_id": customer_id,
-        "event_name": event_name,
-        "timestamp": format_timestamp(created),
-        "metadata": metadata,
-    }
-
-
-def _blocking_sleep(seconds: float) -> bool:
-    time.sleep(seconds)
-    return True
-
-
-# --- process-wide hooks: fork and exit ----------------------------------------------------------------------
-
-_live_batchers: weakref.WeakSet[Batcher] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for batcher in list(_live_batchers):
-        batcher._after_fork()
-
-
-_exit_hook_pid = 0
-
-
-def _warn_if_uwsgi_has_no_threads() -> None:
-    """uWSGI runs no Python threads unless told to: the flush thread would never run."""
-    uwsgi = sys.modules.get("uwsgi")
-    options = getattr(uwsgi, "opt", None) if uwsgi is not None else None
-    if not isinstance(options, dict):
-        return
-    if not any(options.get(k) for k in ("enable-threads", b"enable-threads", "threads", b"threads")):
-        logger.warning(
-            "dodo-ingest: uWSGI is running without threads, so events would never be sent. "
-            "Start uWSGI with --enable-threads (and --lazy-apps is recommended), or use sync_mode=True."
-        )
-
-
-def _hook_multiprocessing_exit() -> None:
-    """multiprocessing children leave through ``os._exit``, which skips atexit: drain in its finalizers.
-
-    Called when a flush thread starts; multiprocessing clears its finalizers when a child starts, so this
-    must run in the child itself, not at fork time.
-    """
-    global _exit_hook_pid
-    multiprocessing = sys.modules.get("multiprocessing")
-    if multiprocessing is None or _exit_hook_pid == os.getpid() or multiprocessing.parent_process() is None:
-        return
-    _exit_hook_pid = os.getpid()
-    from multiprocessing import util
-
-    util.Finalize(None, drain_all, exitpriority=100)
-
-
-def drain_all() -> None:
-    """Shut every live batcher down within its ``shutdown_timeout`` (all at once, not one after another)."""
-    batchers = [b for b in list(_live_batchers) if b._pid == os.getpid()]
-    now = time.monotonic()
-    for batcher in batchers:
-        batcher._begin_shutdown(now + batcher.config.shutdown_timeout)
-    for batcher in batchers:
-        batcher._finish_shutdown()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(drain_all)

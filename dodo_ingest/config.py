@@ -82,6 +82,24 @@ def _optional_str(what: str) -> Callable[[Any], str | None]:
     return parse
 
 
+def _api_key(value: Any) -> str | None:
+    """The key travels in an HTTP header: printable ASCII without whitespace. Never echo it back."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid(f"expected your Dodo Payments API key as a non-empty string, got {type(value).__name__}")
+    key = value.strip()
+    bad = [c for c in key if not ("!" <= c <= "~")]
+    if bad:
+        kinds = sorted({"whitespace" if c.isspace() else "non-ASCII" if not c.isascii() else "control" for c in bad})
+        raise _Invalid(
+            f"the key contains {len(bad)} {' and '.join(kinds)} character(s) at position(s) "
+            f"{', '.join(str(key.index(c)) for c in bad[:3])}; an API key is printable ASCII only. Copy it again "
+            "from the Dodo dashboard (a zero-width space or a line break often comes with a paste)"
+        )
+    return key
+
+
 def _environment(value: Any) -> str:
     if value not in HOSTS:
         raise _Invalid(f"must be 'test_mode' or 'live_mode', got {value!r}")
@@ -210,12 +228,18 @@ def _fallback_customer(value: Any) -> str | None:
 
 @dataclass(frozen=True)
 class Setting:
-    """One configuration setting: its keyword name, default, parser and documentation."""
+    """One configuration setting: its keyword name, default, parser and documentation.
+
+    ``scope`` is ``"delivery"`` (how events reach Dodo: the :class:`Ingestion`'s) or ``"request"`` (how a
+    request becomes an event: each adapter may have its own). ``aliases`` are older names still accepted.
+    """
 
     name: str
     default: Any
     parse: Callable[[Any], Any]
     doc: str
+    scope: Literal["delivery", "request"] = "delivery"
+    aliases: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -227,7 +251,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "api_key",
         None,
-        _optional_str("your Dodo Payments API key"),
+        _api_key,
         f"Dodo Payments API key. Falls back to the `{ENV_API_KEY}` environment variable. Required unless "
         "`enabled` is False.",
     ),
@@ -244,12 +268,6 @@ SETTINGS: tuple[Setting, ...] = (
         _base_url,
         f"Overrides the environment's host (falls back to `{ENV_BASE_URL}`), e.g. the local server "
         "`http://127.0.0.1:8765`. Must be https unless it is a loopback address.",
-    ),
-    Setting(
-        "event_name",
-        "api_call",
-        _event_name,
-        "Event name sent with every event; must equal your meter's event name (case-sensitive).",
     ),
     Setting(
         "max_batch_size",
@@ -296,13 +314,17 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds the exit drain (atexit, `shutdown()`) may take; what is left is logged and counted as `shutdown`.",
     ),
     Setting(
+        "sync_timeout",
+        10.0,
+        _seconds(0.1, 600.0),
+        "Seconds a synchronous send (`track_api_call`, `Ingestion.send`, `sync_mode`) may take in all, retries "
+        "included, before it fails: a view never waits on Dodo for long. Background batches use `max_retry_time`.",
+    ),
+    Setting(
         "sync_mode",
         False,
         _flag,
         "Send in the calling thread, with the same validation, retry and drop policy (scripts, tests, serverless).",
-    ),
-    Setting(
-        "enabled", True, _flag, "Global kill switch: when False nothing is queued or sent and no API key is needed."
     ),
     Setting(
         "on_error",
@@ -320,11 +342,29 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     # --- the request-to-event path (middlewares and extensions) ---
     Setting(
-        "customer_id",
+        "event_name",
+        "api_call",
+        _event_name,
+        "Event name sent with every event; must equal your meter's event name (case-sensitive).",
+        scope="request",
+    ),
+    Setting(
+        "enabled",
+        True,
+        _flag,
+        "Global kill switch: when False nothing is queued or sent and no API key is needed.",
+        scope="request",
+    ),
+    Setting(
+        "customer_resolver",
         None,
         _callable,
-        "Callable returning the Dodo customer id of a finished request, called after the view ran: "
-        "Django/Flask `(request, response)`, WSGI `(environ, status, headers)`. Dotted path accepted.",
+        "Callable returning the Dodo customer id (a `str`) of a finished request, called after the view ran "
+        "(while the framework's request context still exists): Django/Flask `(request, response)`, WSGI "
+        "`(environ, status, headers)`. Take it from your authentication, never from a client-supplied header. "
+        "Dotted path accepted. Formerly `customer_id` (still accepted).",
+        scope="request",
+        aliases=("customer_id",),
     ),
     Setting(
         "fallback_customer_id",
@@ -332,67 +372,154 @@ SETTINGS: tuple[Setting, ...] = (
         _fallback_customer,
         "Customer id used when none is found; unset (default) means such requests are not sent and are "
         "counted as `skipped_no_customer`.",
+        scope="request",
     ),
     Setting(
         "include_paths",
         None,
         _paths,
         "If set, only paths matching one of these are metered. Regexes (full match) or literal prefixes.",
+        scope="request",
     ),
     Setting(
         "exclude_paths",
         (),
         _paths,
         "Paths never metered, e.g. `[r'/admin/.*', '/healthz']`. Regexes (full match) or literal prefixes.",
+        scope="request",
     ),
-    Setting("exclude_methods", ("OPTIONS",), _methods, "HTTP methods never metered."),
+    Setting(
+        "exclude_methods",
+        (),
+        _methods,
+        "HTTP methods never metered. Empty by default: an `OPTIONS` request that a view answers is billed "
+        "like any other (only CORS preflights are skipped, see `skip_cors_preflight`).",
+        scope="request",
+    ),
+    Setting(
+        "skip_cors_preflight",
+        True,
+        _flag,
+        "Do not meter CORS preflights (`OPTIONS` with an `Access-Control-Request-Method` header).",
+        scope="request",
+    ),
     Setting(
         "should_meter",
         None,
         _callable,
-        "Callable deciding per request whether to meter it, with the same arguments as `customer_id`.",
+        "Callable deciding per request whether to meter it, with the same arguments as `customer_resolver`. "
+        "If it raises, the request is metered and the failure counted (`hook_errors`).",
+        scope="request",
     ),
     Setting(
-        "extra_metadata",
+        "metadata_hook",
         None,
         _callable,
-        "Callable returning a dict of extra metadata for a request, with the same arguments as `customer_id`.",
+        "Callable returning a dict of extra metadata for a request, with the same arguments as "
+        "`customer_resolver`. If it raises, the request is still billed without it. Formerly `extra_metadata` "
+        "(still accepted).",
+        scope="request",
+        aliases=("extra_metadata",),
     ),
-    Setting("capture_client_ip", False, _flag, "Add `client_ip` to metadata (personal data: opt-in)."),
-    Setting("capture_user_agent", False, _flag, "Add `user_agent` to metadata (personal data: opt-in)."),
+    Setting(
+        "capture_client_ip",
+        False,
+        _flag,
+        "Add `client_ip` to metadata (personal data: opt-in).",
+        scope="request",
+    ),
+    Setting(
+        "capture_user_agent",
+        False,
+        _flag,
+        "Add `user_agent` to metadata (personal data: opt-in).",
+        scope="request",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
+#: Every accepted keyword, old names included, mapped to its setting.
+_BY_KEYWORD = {**{alias: s for s in SETTINGS for alias in s.aliases}, **_BY_NAME}
+REQUEST_SETTING_NAMES = frozenset(s.name for s in SETTINGS if s.scope == "request")
+
+
+def check_names(kwargs: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigurationError` for a keyword that is no setting (a misspelt name)."""
+    unknown = sorted(set(kwargs) - set(_BY_KEYWORD))
+    if unknown:
+        raise ConfigurationError(f"unknown setting {unknown[0]!r}; valid settings are: {', '.join(sorted(_BY_NAME))}")
+
+
+def _default(name: str) -> Any:
+    """A setting's default, parsed: the defaults are written once, in :data:`SETTINGS`."""
+    setting = _BY_NAME[name]
+    return setting.parse(setting.default)
+
+
+@dataclass(frozen=True)
+class RequestConfig:
+    """Validated request-path settings: how an adapter turns a request into an event (no API key here)."""
+
+    event_name: str = _default("event_name")
+    enabled: bool = _default("enabled")
+    customer_resolver: Callable[..., Any] | None = None
+    fallback_customer_id: str | None = None
+    include_paths: tuple[PathPattern, ...] | None = None
+    exclude_paths: tuple[PathPattern, ...] = _default("exclude_paths")
+    exclude_methods: frozenset[str] = _default("exclude_methods")
+    skip_cors_preflight: bool = _default("skip_cors_preflight")
+    should_meter: Callable[..., Any] | None = None
+    metadata_hook: Callable[..., Any] | None = None
+    capture_client_ip: bool = _default("capture_client_ip")
+    capture_user_agent: bool = _default("capture_user_agent")
+
+    @classmethod
+    def load(
+        cls,
+        kwargs: Mapping[str, Any] | None = None,
+        mapping: Mapping[str, Any] | None = None,
+        *,
+        base: RequestConfig | None = None,
+        source: str = "",
+    ) -> RequestConfig:
+        """Request-path settings from ``kwargs`` (which win) and ``mapping``'s ``DODO_INGEST_*`` keys, on top of
+        ``base`` (e.g. the shared :class:`Ingestion`'s). Delivery settings are refused: they belong to the
+        ingestion that this adapter shares."""
+        kwargs = dict(kwargs or {})
+        check_names(kwargs)
+        foreign = sorted(k for k in kwargs if k in _BY_KEYWORD and _BY_KEYWORD[k].scope != "request")
+        if foreign:
+            raise ConfigurationError(
+                f"{foreign[0]!r} cannot be set on an adapter that is given an ingestion; configure it on the "
+                f"Ingestion instead (an adapter accepts only {', '.join(sorted(REQUEST_SETTING_NAMES))})"
+            )
+        values = _collect(kwargs, mapping, source, scope="request")
+        return replace(base or cls(), **values)
 
 
 @dataclass(frozen=True)
 class Config:
-    """Validated settings. Build it with :meth:`Config.load`; never holds an invalid value."""
+    """Validated settings of an :class:`Ingestion`: delivery, and the request path its adapters default to.
+
+    Build it with :meth:`Config.load`; it never holds an invalid value. :attr:`request` is the request-path
+    part an adapter works with.
+    """
 
     api_key: str | None = field(default=None, repr=False)
-    environment: str = "test_mode"
+    environment: str = _default("environment")
     base_url: str | None = None
-    event_name: str = "api_call"
-    max_batch_size: int = 100
-    flush_interval: float = 5.0
-    max_queue_size: int = 100_000
-    max_request_bytes: int = 1_000_000
-    request_timeout: float = 10.0
-    max_retry_time: float = 600.0
-    shutdown_timeout: float = 5.0
-    sync_mode: bool = False
-    enabled: bool = True
+    max_batch_size: int = _default("max_batch_size")
+    flush_interval: float = _default("flush_interval")
+    max_queue_size: int = _default("max_queue_size")
+    max_request_bytes: int = _default("max_request_bytes")
+    request_timeout: float = _default("request_timeout")
+    max_retry_time: float = _default("max_retry_time")
+    shutdown_timeout: float = _default("shutdown_timeout")
+    sync_timeout: float = _default("sync_timeout")
+    sync_mode: bool = _default("sync_mode")
     on_error: Callable[..., Any] | None = None
     on_drop: Callable[..., Any] | None = None
-    customer_id: Callable[..., Any] | None = None
-    fallback_customer_id: str | None = None
-    include_paths: tuple[PathPattern, ...] | None = None
-    exclude_paths: tuple[PathPattern, ...] = ()
-    exclude_methods: frozenset[str] = frozenset({"OPTIONS"})
-    should_meter: Callable[..., Any] | None = None
-    extra_metadata: Callable[..., Any] | None = None
-    capture_client_ip: bool = False
-    capture_user_agent: bool = False
+    request: RequestConfig = field(default_factory=RequestConfig)
 
     @classmethod
     def load(
@@ -408,27 +535,16 @@ class Config:
         which win over the defaults. ``source`` names where ``mapping`` came from, for error messages.
         """
         kwargs = dict(kwargs or {})
-        unknown = sorted(set(kwargs) - set(_BY_NAME))
-        if unknown:
-            raise ConfigurationError(
-                f"unknown setting {unknown[0]!r}; valid settings are: {', '.join(sorted(_BY_NAME))}"
-            )
+        check_names(kwargs)
         environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for setting in SETTINGS:
-            if setting.name in kwargs:
-                raw, label = kwargs[setting.name], setting.name
-            elif mapping is not None and setting.key in mapping:
-                raw, label = mapping[setting.key], f"{source}{setting.key}" if source else setting.key
-            else:
-                continue
-            values[setting.name] = _parse(setting, raw, label)
+        values = _collect(kwargs, mapping, source, scope="delivery")
         if values.get("api_key") is None and environ.get(ENV_API_KEY):
             values["api_key"] = _parse(_BY_NAME["api_key"], environ[ENV_API_KEY], ENV_API_KEY)
         if values.get("base_url") is None and environ.get(ENV_BASE_URL):
             values["base_url"] = _parse(_BY_NAME["base_url"], environ[ENV_BASE_URL], ENV_BASE_URL)
-        config = cls(**values)
-        if config.enabled and config.api_key is None:
+        request = RequestConfig(**_collect(kwargs, mapping, source, scope="request"))
+        config = cls(**values, request=request)
+        if request.enabled and config.api_key is None:
             raise ConfigurationError(
                 f"no API key: set {'DODO_INGEST_API_KEY' if mapping is not None else 'api_key='} or the "
                 f"{ENV_API_KEY} environment variable (or disable metering with enabled=False)"
@@ -437,8 +553,26 @@ class Config:
 
     def with_changes(self, **changes: Any) -> Config:
         """A copy with some settings changed, validated like :meth:`load`."""
-        parsed = {name: _parse(_BY_NAME[name], value, name) for name, value in changes.items()}
-        return replace(self, **parsed)
+        delivery: dict[str, Any] = {}
+        request: dict[str, Any] = {}
+        for keyword, value in changes.items():
+            setting = _BY_KEYWORD.get(keyword)
+            if setting is None:
+                check_names({keyword: value})
+                continue
+            target = request if setting.scope == "request" else delivery
+            target[setting.name] = _parse(setting, value, keyword)
+        return replace(self, **delivery, request=replace(self.request, **request))
+
+    @property
+    def enabled(self) -> bool:
+        """Whether metering is on (the ``enabled`` setting)."""
+        return self.request.enabled
+
+    @property
+    def event_name(self) -> str:
+        """The default event name of this ingestion's events."""
+        return self.request.event_name
 
     @property
     def host(self) -> str:
@@ -447,9 +581,38 @@ class Config:
 
     def describe(self) -> dict[str, Any]:
         """The settings as a dict safe to log: the API key is masked."""
-        result = {f.name: getattr(self, f.name) for f in fields(self)}
+        result = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "request"}
+        result.update({f.name: getattr(self.request, f.name) for f in fields(self.request)})
         result["api_key"] = mask_key(self.api_key)
         return result
+
+
+def _collect(
+    kwargs: Mapping[str, Any], mapping: Mapping[str, Any] | None, source: str, *, scope: str
+) -> dict[str, Any]:
+    """The parsed values of one scope's settings given by keyword (old names too) or in ``mapping``."""
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.scope != scope:
+            continue
+        raw: Any = _MISSING
+        for keyword in (setting.name, *setting.aliases):
+            if keyword in kwargs:
+                raw, label = kwargs[keyword], keyword
+                break
+        else:
+            if mapping is not None:
+                for keyword in (setting.name, *setting.aliases):
+                    key = PREFIX + keyword.upper()
+                    if key in mapping:
+                        raw, label = mapping[key], f"{source}{key}" if source else key
+                        break
+        if raw is not _MISSING:
+            values[setting.name] = _parse(setting, raw, label)
+    return values
+
+
+_MISSING = object()
 
 
 def _parse(setting: Setting, raw: Any, label: str) -> Any:
@@ -465,9 +628,10 @@ def mask_key(key: str | None) -> str:
 
 
 def check_setting(name: str, value: Any) -> str | None:
-    """Validate one setting; return the problem as text, or None. Used by Django's system checks."""
+    """Validate one setting (its name or an older alias); return the problem as text, or None.
+    Used by Django's system checks."""
     try:
-        _BY_NAME[name].parse(value)
+        _BY_KEYWORD[name].parse(value)
     except _Invalid as exc:
         return str(exc)
     return None

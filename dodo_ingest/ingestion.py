@@ -8,20 +8,22 @@ a batch never raises into its caller.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from dodo_ingest.batcher import Batcher, TransportFactory, _blocking_sleep, _capture_sinks
-from dodo_ingest.config import Config
-from dodo_ingest.delivery import Deliverer, Pending
+from dodo_ingest import lifecycle
+from dodo_ingest.batcher import Batcher, TransportFactory, _capture_sinks
+from dodo_ingest.config import Config, RequestConfig
+from dodo_ingest.delivery import Pending
 from dodo_ingest.errors import AuthenticationError, DeliveryError
 from dodo_ingest.events import Event
 from dodo_ingest.stats import Counters, RateLimitedLog, Stats
-from dodo_ingest.transport import IngestClient, Transport
+from dodo_ingest.sync import SyncSender
+from dodo_ingest.transport import IngestClient
 
 _logger = logging.getLogger("dodo_ingest.ingestion")
 
@@ -59,12 +61,8 @@ class Ingestion:
         self._transport_factory = transport_factory
         self._batcher: Batcher | None = None
         self._lock = threading.Lock()
-        self._sync_lock = threading.Lock()
-        self._sync_counters = Counters()
-        self._sync_log = RateLimitedLog(_logger)  # shared by every call, so failures are rate-limited
-        self._sync_transport: Transport | None = None
-        self._sync_deliverer: Deliverer | None = None
-        self._sync_pid = 0  # a forked child must not share the parent's keep-alive connection
+        # Shared by every synchronous call, so failures are rate-limited; no lock is held across I/O.
+        self._sync = SyncSender(config, transport_factory, Counters(), RateLimitedLog(_logger))
 
     def __repr__(self) -> str:
         return (
@@ -91,8 +89,9 @@ class Ingestion:
     def send(self, events: Iterable[Event]) -> int:
         """Send events now, in this thread, with the retry policy of the batcher; return how many.
 
-        Raises :class:`AuthenticationError` on 401/403 and :class:`DeliveryError` when Dodo rejects an
-        event or retries run out (``max_retry_time``). Batches larger than 1000 events are split.
+        The whole call, retries included, takes at most ``sync_timeout`` seconds per 1000 events. Raises
+        :class:`AuthenticationError` on 401/403 and :class:`DeliveryError` when Dodo rejects an event or the
+        budget runs out. Batches larger than 1000 events are split.
         """
         events = list(events)
         if not self.config.enabled or not events:
@@ -102,20 +101,10 @@ class Ingestion:
                 for sink in list(_capture_sinks):
                     sink(event, None)
             return len(events)
-        with self._sync_lock:
-            if self._sync_transport is None or self._sync_pid != os.getpid():
-                # In a forked child the inherited session's socket is the parent's: leave it, open our own.
-                self._sync_transport = self._transport_factory(self.config)
-                self._sync_pid = os.getpid()
-                self._sync_deliverer = Deliverer(
-                    self.config, self._sync_transport, self._sync_counters, _blocking_sleep, self._sync_log
-                )
-            deliverer = self._sync_deliverer
-            assert deliverer is not None
-            drops = []
-            for start in range(0, len(events), 1000):
-                chunk = [Pending(0, e.to_json(), e.created or time.time()) for e in events[start : start + 1000]]
-                drops.extend(deliverer.deliver(chunk))
+        drops = []
+        for start in range(0, len(events), 1000):
+            chunk = [Pending(0, e.to_json(), e.created or time.time()) for e in events[start : start + 1000]]
+            drops.extend(self._sync.send(chunk))
         if drops:
             first = drops[0]
             count = sum(len(d.events) for d in drops)
@@ -151,6 +140,11 @@ class Ingestion:
                     self._batcher = Batcher(self.config, transport_factory=self._transport_factory)
         return self._batcher
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`shutdown` has been called (in this process)."""
+        return self._batcher is not None and self._batcher.closed
+
     def stats(self) -> Stats:
         """Counters of the shared batcher."""
         return self.batcher.stats()
@@ -162,10 +156,7 @@ class Ingestion:
     def shutdown(self, timeout: float | None = None) -> bool:
         """Drain and stop the shared batcher; close the synchronous connection."""
         done = self._batcher.shutdown(timeout) if self._batcher is not None else True
-        with self._sync_lock:
-            if self._sync_transport is not None:
-                self._sync_transport.close()
-                self._sync_transport = self._sync_deliverer = None
+        self._sync.close()
         return done
 
 
@@ -181,8 +172,12 @@ def track_api_call(
     """Send one API-call event now and return it.
 
     Raises :class:`ValidationError` (naming the field) for bad input, :class:`AuthenticationError` for a
-    rejected key and :class:`DeliveryError` when Dodo does not accept it. Pass ``event_id`` (e.g. your own
-    request id) to make your own retries of this call safe: Dodo ignores an id it has already ingested.
+    rejected key and :class:`DeliveryError` when Dodo does not accept it (within ``sync_timeout``).
+
+    ``event_id`` makes your own retries of this call safe (Dodo ignores an id it has already ingested), so it
+    must be an id *your server* made for one billable unit of work, e.g. the primary key of the job row.
+    Never pass an id a client sent you (an ``X-Request-Id`` header): a client could then repeat one id on many
+    calls and be billed for one.
     """
     event = ingestion.event(customer_id, metadata, event_name=event_name, event_id=event_id, timestamp=timestamp)
     ingestion.send([event])
@@ -195,3 +190,38 @@ def create_batch(ingestion: Ingestion, max_size: int = 100, flush_interval: floa
     ``flush_interval`` is in seconds (the JavaScript blueprint's ``flushInterval`` is in milliseconds).
     """
     return ingestion.create_batch(max_size=max_size, flush_interval=flush_interval, **settings)
+
+
+# --- what adapters build on ------------------------------------------------------------------------------------
+
+_shared: dict[Config, Ingestion] = {}
+
+
+def shared_ingestion(config: Config) -> Ingestion:
+    """The process's :class:`Ingestion` for these delivery settings: adapters with the same settings (say, the
+    apps of a test suite's app factory) share one batcher and one flush thread instead of one each."""
+    key = replace(config, request=RequestConfig(event_name=config.request.event_name, enabled=config.enabled))
+    with lifecycle.fork_guard():
+        ingestion = _shared.get(key)
+        if ingestion is None or ingestion.closed:
+            ingestion = _shared[key] = Ingestion(config=key)
+        return ingestion
+
+
+def adapter_ingestion(
+    ingestion: Ingestion | None,
+    kwargs: Mapping[str, Any],
+    mapping: Mapping[str, Any] | None = None,
+    *,
+    source: str = "",
+) -> tuple[Ingestion, RequestConfig]:
+    """Validate an adapter's settings; return the :class:`Ingestion` to use and the adapter's request settings.
+
+    Without ``ingestion``, the settings are ``kwargs`` (which win over ``mapping``'s ``DODO_INGEST_*`` keys,
+    then the environment) and the ingestion is the shared one for their delivery part. With one, only
+    request-path settings may be given; they apply to this adapter on top of the ingestion's.
+    """
+    if ingestion is None:
+        config = Config.load(kwargs, mapping, source=source)
+        return shared_ingestion(config), config.request
+    return ingestion, RequestConfig.load(kwargs, mapping, base=ingestion.config.request, source=source)

@@ -17,7 +17,7 @@ anything longer than 64 characters         (a signed token, an e-mail)     ``{id
 =========================================  ==============================  ===================
 
 Ordinary words (``users``, ``v1``, ``orders``, ``deadbeef``, ``healthz``) are kept. A request answered
-with 404 gets the constant :data:`~dodo_ingest.config.UNMATCHED_ENDPOINT`, so scanners probing random
+with 404 gets the constant ``<unmatched>``, so scanners probing random
 paths add one endpoint, not thousands. If your framework knows the real route template (Pyramid's
 ``matched_route``, Bottle's ``bottle.route``), pass your own resolver ``(environ, status_code) -> str | None``
 to :class:`~dodo_ingest.wsgi.DodoIngestMiddleware`; returning None means "unmatched".
@@ -29,8 +29,6 @@ import re
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
-
-from dodo_ingest.config import UNMATCHED_ENDPOINT
 
 __all__ = ["PLACEHOLDER", "RouteResolver", "default_route_resolver", "is_identifier", "normalize_path"]
 
@@ -85,8 +83,3 @@ def default_route_resolver(environ: Mapping[str, Any], status_code: int) -> str 
     if not path.isascii():  # PEP 3333 hands the path over as latin-1-decoded bytes
         path = path.encode("latin-1", "replace").decode("utf-8", "replace")
     return normalize_path(path)
-
-
-def route_or_unmatched(route: str | None) -> str:
-    """The endpoint name to meter for a resolved route."""
-    return route if route else UNMATCHED_ENDPOINT

@@ -22,13 +22,16 @@ DROP_REASONS: dict[str, str] = {
     "unauthorized": "Dodo answered 401/403: wrong key, revoked key, or a key for the other environment",
     "retries_exhausted": "network errors, 408/409/429 or 5xx lasted longer than max_retry_time",
     "shutdown": "the process exited (or shutdown() returned) before the event could be delivered",
+    "duplicate_id": "a user-supplied event_id repeated within one request (Dodo would ignore the repeat anyway)",
+    "internal_error": "a bug in dodo-ingest while delivering; see the log (please report it)",
 }
 
 #: Why a request was not turned into an event (the keys of ``Stats.skipped``).
 SKIP_REASONS: dict[str, str] = {
     "no_customer": "no customer id was found and no fallback_customer_id is configured",
     "filtered": "excluded by exclude_paths / include_paths / exclude_methods / should_meter / exempt",
-    "hook_error": "a user callable (customer_id, should_meter, extra_metadata) raised; see the log",
+    "adapter_error": "dodo-ingest itself failed on this request (a bug); see the log",
+    "invalid_customer": "the customer resolver returned something that is not a non-empty str (bytes, an int...)",
 }
 
 
@@ -41,6 +44,9 @@ class Stats:
     retried: int = 0
     requests: int = 0
     repaired: int = 0
+    #: User hooks (customer resolver, should_meter, metadata hook, route resolver) that raised; the request was
+    #: still metered with what was known.
+    hook_errors: int = 0
     queued: int = 0
     in_flight: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
@@ -61,6 +67,7 @@ class Stats:
             "retried": self.retried,
             "requests": self.requests,
             "repaired": self.repaired,
+            "hook_errors": self.hook_errors,
             "queued": self.queued,
             "in_flight": self.in_flight,
             "dropped": dict(self.dropped),
@@ -80,6 +87,7 @@ class Counters:
         self.retried = 0
         self.requests = 0
         self.repaired = 0
+        self.hook_errors = 0
         self.in_flight = 0
         self.dropped: dict[str, int] = {}
         self.skipped: dict[str, int] = {}
@@ -87,7 +95,7 @@ class Counters:
         self.last_error_at: float | None = None
 
     def add(self, name: str, n: int = 1) -> None:
-        """Increment a scalar counter (``sent``, ``retried``, ``requests``, ``repaired``, ``in_flight``)."""
+        """Increment a scalar counter (``sent``, ``retried``, ``requests``, ``repaired``, ``hook_errors``...)."""
         with self.lock:
             setattr(self, name, getattr(self, name) + n)
 
@@ -114,6 +122,7 @@ class Counters:
             self.retried,
             self.requests,
             self.repaired,
+            self.hook_errors,
             queued,
             self.in_flight,
             dict(self.dropped),
@@ -135,8 +144,9 @@ class RateLimitedLog:
         self._last: dict[str, tuple[float, int]] = {}
         self._lock = threading.Lock()
 
-    def log(self, level: int, kind: str, message: str, *args: object) -> None:
-        """Log ``message % args`` unless a message of ``kind`` was logged less than ``interval`` ago."""
+    def log(self, level: int, kind: str, message: str, *args: object, exc_info: bool = False) -> None:
+        """Log ``message % args`` unless a message of ``kind`` was logged less than ``interval`` ago
+        (``exc_info``: with the traceback of the exception being handled)."""
         now = time.monotonic()
         with self._lock:
             last, suppressed = self._last.get(kind, (float("-inf"), 0))
@@ -147,4 +157,4 @@ class RateLimitedLog:
         if suppressed:
             message += " (%d similar messages suppressed)"
             args = (*args, suppressed)
-        self.logger.log(level, message, *args)
+        self.logger.log(level, message, *args, exc_info=exc_info)

@@ -8,6 +8,7 @@ the API key travels only in the ``Authorization`` header and never appears in a 
 from __future__ import annotations
 
 import email.utils
+import math
 import platform
 import time
 from dataclasses import dataclass
@@ -33,6 +34,10 @@ class Answer:
     status: int | None
     message: str = ""
     retry_after: float | None = None
+    #: The server's ``x-should-retry`` header (what Dodo's official SDKs read), when it sent one.
+    should_retry: bool | None = None
+    #: The TLS certificate could not be verified: a configuration problem, not a network blip.
+    tls_error: bool = False
 
     @property
     def ok(self) -> bool:
@@ -41,15 +46,18 @@ class Answer:
 
     @property
     def retryable(self) -> bool:
-        """Worth sending again with the same event ids: network errors, timeouts, 408, 409, 429, 5xx."""
+        """Worth sending again with the same event ids: network errors, timeouts, 408, 409, 429, 5xx, or what
+        the server's ``x-should-retry`` says (never for 401/403)."""
+        if self.should_retry is not None and self.status not in (401, 403):
+            return self.should_retry
         return self.status is None or self.status in (408, 409, 429) or self.status >= 500
 
 
 class Transport(Protocol):
     """Anything that can POST a body to Dodo (a fake in unit tests, :class:`IngestClient` for real)."""
 
-    def post(self, body: bytes) -> Answer:
-        """Send one request body; never raise."""
+    def post(self, body: bytes, timeout: float | None = None) -> Answer:
+        """Send one request body (waiting at most ``timeout`` seconds for the answer, if given); never raise."""
         ...  # pragma: no cover
 
     def close(self) -> None:
@@ -97,21 +105,29 @@ class IngestClient:
         session.auth = self._auth
         return session
 
-    def post(self, body: bytes) -> Answer:
+    def post(self, body: bytes, timeout: float | None = None) -> Answer:
         """Send one body. Never raises: network failures come back as ``Answer(status=None)``."""
         if self._session is None:
             self._session = self._open()
+        limit = self.timeout if timeout is None else (min(self.timeout[0], timeout), min(self.timeout[1], timeout))
         try:
-            response = self._session.post(self.url, data=body, timeout=self.timeout, verify=True)
+            response = self._session.post(self.url, data=body, timeout=limit, verify=True)
         except requests.Timeout as exc:
             return Answer(None, f"timeout: {type(exc).__name__}")
+        except requests.exceptions.SSLError as exc:
+            self.close()
+            return Answer(None, f"TLS error: {_tls_reason(exc)}", tls_error=True)
         except requests.RequestException as exc:
             # Drop the pooled connection: after a reset it may be half-closed.
             self.close()
             return Answer(None, f"network error: {type(exc).__name__}")
+        except Exception as exc:  # e.g. a header value the HTTP stack refuses: never raise into the flush thread
+            self.close()
+            return Answer(None, f"request failed: {type(exc).__name__}")
+        should_retry = _should_retry(response.headers)
         if response.ok:
             return Answer(response.status_code)
-        return Answer(response.status_code, _error_message(response), parse_retry_after(response.headers))
+        return Answer(response.status_code, _error_message(response), parse_retry_after(response.headers), should_retry)
 
     def close(self) -> None:
         """Close the session's connections (idempotent)."""
@@ -131,16 +147,36 @@ def _error_message(response: requests.Response) -> str:
     return f"HTTP {response.status_code}" + (f": {message}" if message else "")
 
 
+def _tls_reason(exc: Exception) -> str:
+    """The certificate problem in a few words (no URL: it is in the log line already)."""
+    text = str(exc)
+    marker = "certificate verify failed"
+    if marker in text:
+        tail = text.split(marker, 1)[1].split(")", 1)[0].strip(" :")
+        return f"{marker}: {tail}" if tail else marker
+    return type(exc).__name__
+
+
+def _should_retry(headers: requests.structures.CaseInsensitiveDict[str]) -> bool | None:
+    value = (headers.get("x-should-retry") or "").strip().lower()
+    return True if value == "true" else False if value == "false" else None
+
+
 def parse_retry_after(
     headers: requests.structures.CaseInsensitiveDict[str] | dict[str, str], now: float | None = None
 ) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date), capped at 60."""
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date), within [0, 60].
+
+    Anything unparsable or not finite (``nan``, ``inf``, ``1e999``) counts as absent: the backoff decides.
+    """
     millis = headers.get("retry-after-ms")
     if millis:
         try:
-            return min(max(float(millis) / 1000.0, 0.0), MAX_RETRY_AFTER)
+            value_ms = float(millis)
         except ValueError:
-            pass
+            value_ms = math.nan
+        if math.isfinite(value_ms):
+            return min(max(value_ms / 1000.0, 0.0), MAX_RETRY_AFTER)
     value = headers.get("Retry-After")
     if not value:
         return None
@@ -149,9 +185,13 @@ def parse_retry_after(
     except ValueError:
         try:
             moment = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if moment.tzinfo is None:  # "-0000": a date without a known zone
             return None
         seconds = moment.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 

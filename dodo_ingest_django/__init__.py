@@ -5,7 +5,7 @@
     INSTALLED_APPS = [..., "dodo_ingest_django"]
     MIDDLEWARE = ["dodo_ingest_django.middleware.DodoIngestMiddleware", ...]
     DODO_INGEST_API_KEY = env("DODO_PAYMENTS_API_KEY")
-    DODO_INGEST_CUSTOMER_ID = "myapp.billing.customer_for"   # (request, response) -> "cus_..." | None
+    DODO_INGEST_CUSTOMER_RESOLVER = "myapp.billing.customer_for"   # (request, response) -> "cus_..." | None
 
 Inside a view, :func:`set_customer` (or :func:`dodo_ingest.annotate`) names the request's customer.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from dodo_ingest.ingestion import Ingestion
-from dodo_ingest.metering import Annotations, annotate
+from dodo_ingest.request import MeteredRequest, annotate
 
 __all__ = ["annotate", "get_ingestion", "set_customer"]
 
@@ -29,10 +29,10 @@ def set_customer(request: Any, customer_id: str) -> bool:
     does nothing) when the request is not being metered (filtered out, or the middleware is not installed).
     """
     django_request = getattr(request, "_request", request)  # DRF's Request wraps the HttpRequest
-    annotations: Annotations | None = getattr(django_request, "__dict__", {}).get(_STATE_ATTR)
-    if annotations is None:
+    metered = getattr(django_request, "__dict__", {}).get(_STATE_ATTR)
+    if not isinstance(metered, MeteredRequest):
         return annotate(customer_id=customer_id)
-    annotations.customer_id = customer_id
+    metered.annotations.customer_id = customer_id
     return True
 
 

@@ -9,7 +9,7 @@ id                  meaning
 ==================  =====================================================================================
 dodo_ingest.E001    no API key: ``DODO_INGEST_API_KEY`` unset or blank and ``DODO_PAYMENTS_API_KEY`` unset
 dodo_ingest.E002    a ``DODO_INGEST_*`` setting has the wrong type
-dodo_ingest.E003    a dotted path (``DODO_INGEST_CUSTOMER_ID = "app.billing.customer_for"``) cannot be imported
+dodo_ingest.E003    a dotted path (``DODO_INGEST_CUSTOMER_RESOLVER = "app.billing.customer_for"``) cannot be imported
 dodo_ingest.E004    a callable setting is neither callable nor a dotted path to a callable
 dodo_ingest.E005    an ``INCLUDE_PATHS`` / ``EXCLUDE_PATHS`` entry is not a valid regular expression
 dodo_ingest.E006    a value is out of range or not one of the allowed values
@@ -44,13 +44,13 @@ SAFE_ABOVE = frozenset(
         "django.middleware.security.SecurityMiddleware",  # HTTPS redirects are not API calls
         "django.middleware.gzip.GZipMiddleware",  # never answers by itself
         "whitenoise.middleware.WhiteNoiseMiddleware",  # static files
-        "corsheaders.middleware.CorsMiddleware",  # answers CORS preflights (OPTIONS, not metered by default)
+        "corsheaders.middleware.CorsMiddleware",  # answers CORS preflights (not metered by default)
         "django_prometheus.middleware.PrometheusBeforeMiddleware",
     }
 )
 
 #: How each setting's value is typed, for sorting problems into E002 (type) and E006 (value).
-CALLABLE_SETTINGS = frozenset({"on_error", "on_drop", "customer_id", "should_meter", "extra_metadata"})
+CALLABLE_SETTINGS = frozenset({"on_error", "on_drop", "customer_resolver", "should_meter", "metadata_hook"})
 PATH_SETTINGS = frozenset({"include_paths", "exclude_paths"})
 _REGEX_CHARS = frozenset("^$*+?{}[]\\|()")
 
@@ -72,16 +72,17 @@ def _warning(id_: int, msg: str, hint: str | None = None) -> checks.CheckMessage
 def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Validate every ``DODO_INGEST_*`` setting (E001-E006, W002)."""
     messages: list[checks.CheckMessage] = []
-    known = {s.key for s in SETTINGS}
+    known = {key for s in SETTINGS for key in _keys(s)}
     for setting in SETTINGS:
-        if not hasattr(settings, setting.key):
-            continue
-        value = getattr(settings, setting.key)
-        if setting.name == "api_key" and (value is None or (isinstance(value, str) and not value.strip())):
-            continue  # reported as E001 below
-        message = _check_one(setting, value)
-        if message is not None:
-            messages.append(message)
+        for key in _keys(setting):
+            if not hasattr(settings, key):
+                continue
+            value = getattr(settings, key)
+            if setting.name == "api_key" and (value is None or (isinstance(value, str) and not value.strip())):
+                continue  # reported as E001 below
+            message = _check_one(setting, key, value)
+            if message is not None:
+                messages.append(message)
     enabled = getattr(settings, PREFIX + "ENABLED", True)
     api_key = getattr(settings, PREFIX + "API_KEY", None)
     missing = api_key is None or (isinstance(api_key, str) and not api_key.strip())
@@ -107,8 +108,13 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
     return messages
 
 
-def _check_one(setting: Setting, value: Any) -> checks.CheckMessage | None:
-    label = f"settings.{setting.key}"
+def _keys(setting: Setting) -> tuple[str, ...]:
+    """The setting's ``DODO_INGEST_*`` name, and those of its older aliases (still accepted)."""
+    return (setting.key, *(PREFIX + alias.upper() for alias in setting.aliases))
+
+
+def _check_one(setting: Setting, key: str, value: Any) -> checks.CheckMessage | None:
+    label = f"settings.{key}"
     if setting.name in CALLABLE_SETTINGS:
         return _check_callable(label, value)
     problem = check_setting(setting.name, value)

@@ -2,7 +2,8 @@
 
 ``conf.config`` is the validated :class:`~dodo_ingest.config.Config` read from ``django.conf.settings``
 through the core schema (the same names and meaning as ``Ingestion(**kwargs)``); ``conf.ingestion`` and
-``conf.meter`` are the process's shared :class:`~dodo_ingest.Ingestion` and :class:`~dodo_ingest.Meter`.
+``conf.meter`` are the process's shared :class:`~dodo_ingest.Ingestion` and its request-path
+:class:`~dodo_ingest.request.Meter`.
 All three are built on first use and cached. When a ``DODO_INGEST_*`` setting changes (``override_settings``,
 pytest-django's ``settings`` fixture) Django sends ``setting_changed``: the cache is dropped, and the next
 use builds a new configuration; the previous batcher is drained (it keeps its own settings) unless the
@@ -21,7 +22,7 @@ from django.core.signals import setting_changed
 
 from dodo_ingest.config import PREFIX, Config
 from dodo_ingest.ingestion import Ingestion
-from dodo_ingest.metering import Meter
+from dodo_ingest.request import Meter
 
 logger = logging.getLogger("dodo_ingest.django")
 
@@ -84,7 +85,7 @@ class DodoIngestConf:
 
     @property
     def meter(self) -> Meter:
-        """The shared :class:`~dodo_ingest.Meter` the middleware records through."""
+        """The shared :class:`~dodo_ingest.request.Meter` the middleware records through."""
         meter = self._meter
         if meter is None:
             self._build()
@@ -105,7 +106,7 @@ class DodoIngestConf:
                 ingestion = Ingestion(config=config)
                 if stale is not None:
                     _retire(stale)
-            self._config, self._ingestion, self._meter = config, ingestion, Meter(ingestion)
+            self._config, self._ingestion, self._meter = config, ingestion, Meter(ingestion, config.request)
             return ingestion
 
     def reset(self) -> None:

@@ -2,14 +2,14 @@
 
 >>> from dodo_ingest_flask import DodoIngest
 >>> dodo = DodoIngest()          # app.config["DODO_INGEST_API_KEY"], ["DODO_INGEST_EVENT_NAME"], ...
->>> dodo.init_app(app)           # or DodoIngest(app, customer_id=lambda request, response: ...)
+>>> dodo.init_app(app)           # or DodoIngest(app, customer_resolver=lambda request, response: ...)
 
 Per request: ``g.dodo_customer_id = "cus_..."`` (the default customer) or :func:`set_customer`;
 per view: :func:`exempt` and :func:`meter`. See :mod:`dodo_ingest_flask.extension` for how a request
 becomes exactly one event.
 """
 
-from dodo_ingest.metering import annotate
+from dodo_ingest.request import annotate
 from dodo_ingest_flask.extension import EXTENSION_KEY, DodoIngest, ViewOptions, exempt, meter, set_customer
 
 __all__ = ["EXTENSION_KEY", "DodoIngest", "ViewOptions", "annotate", "exempt", "meter", "set_customer"]

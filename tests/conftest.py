@@ -20,6 +20,17 @@ def _hermetic_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DODO_PAYMENTS_BASE_URL", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_shared_ingestions() -> Iterator[None]:
+    """Adapters with equal settings share one Ingestion per process; each test starts with none."""
+    yield
+    from dodo_ingest import ingestion
+
+    for shared in list(ingestion._shared.values()):
+        shared.shutdown(timeout=5.0)
+    ingestion._shared.clear()
+
+
 @pytest.fixture
 def dodo_server() -> Iterator[LocalDodoServer]:
     """The project's local Dodo-compatible server, in-process on an ephemeral loopback port."""

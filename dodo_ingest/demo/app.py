@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import Flask, Response, abort, g, request, stream_with_context
 
-from dodo_ingest.metering import annotate
+from dodo_ingest import annotate
 from dodo_ingest_flask import DodoIngest
 
 #: (Dodo customer id, display name) of the demo's customers; more are generated when asked for.

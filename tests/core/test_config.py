@@ -22,11 +22,13 @@ def test_defaults_match_the_documented_schema() -> None:
     assert config.event_name == "api_call"
     assert config.max_batch_size == 100
     assert config.flush_interval == 5.0
-    assert config.exclude_methods == frozenset({"OPTIONS"})
+    assert config.request.exclude_methods == frozenset()  # only CORS preflights are skipped by default
+    assert config.request.skip_cors_preflight is True
     for setting in SETTINGS:  # the dataclass defaults and the documented defaults are the same values
         if setting.name in ("api_key",):
             continue
-        assert getattr(Config(), setting.name) == setting.parse(setting.default), setting.name
+        holder = Config().request if setting.scope == "request" else Config()
+        assert getattr(holder, setting.name) == setting.parse(setting.default), setting.name
 
 
 def test_live_mode_host_and_base_url_override() -> None:
@@ -93,20 +95,42 @@ def test_mapping_errors_name_the_key_as_the_user_spelled_it() -> None:
         Config.load({}, {"DODO_INGEST_API_KEY": KEY, "DODO_INGEST_FLUSH_INTERVAL": 5000}, source="settings.")
 
 
+@pytest.mark.parametrize(
+    ("key", "what"),
+    [
+        ("sk_test_abc\u200bdef", "non-ASCII"),  # a zero-width space from a paste
+        ("sk_test_€uro", "non-ASCII"),
+        ("sk_test_abc\ndef", "whitespace"),
+        ("sk_test abc", "whitespace"),
+        ("sk_test_\x07bell", "control"),
+    ],
+)
+def test_a_malformed_api_key_fails_at_start_up_without_showing_it(key: str, what: str) -> None:
+    """Item 16: such a key passed configuration, then every event vanished while flush() returned True."""
+    with pytest.raises(ConfigurationError, match=what) as info:
+        load(api_key=key)
+    message = str(info.value)
+    assert "api_key" in message and "printable ASCII" in message
+    assert "sk_test" not in message and "abc" not in message and "uro" not in message
+    with pytest.raises(ConfigurationError, match="DODO_PAYMENTS_API_KEY"):
+        Config.load({}, environ={"DODO_PAYMENTS_API_KEY": key})
+
+
 def test_unknown_keyword_is_rejected_with_the_valid_names() -> None:
     with pytest.raises(ConfigurationError, match=r"unknown setting 'flush_intervall'.*flush_interval"):
         load(flush_intervall=1.0)
 
 
 def test_dotted_paths_resolve_to_callables() -> None:
-    config = load(customer_id="dodo_ingest.config.mask_key")
-    assert config.customer_id is not None
-    assert config.customer_id("x") == "<set, 1 chars>"
+    config = load(customer_resolver="dodo_ingest.config.mask_key")
+    assert config.request.customer_resolver is not None
+    assert config.request.customer_resolver("x") == "<set, 1 chars>"
+    assert load(customer_id="dodo_ingest.config.mask_key").request.customer_resolver is not None  # the old name
 
 
 def test_path_patterns_regex_full_match_and_literal_prefix_at_segment_boundary() -> None:
     config = load(exclude_paths=[r"/admin/.*", "/healthz"])
-    regex, literal = config.exclude_paths
+    regex, literal = config.request.exclude_paths
     assert regex.matches("/admin/users") and not regex.matches("/x/admin/users")
     assert literal.matches("/healthz") and literal.matches("/healthz/live")
     assert not literal.matches("/healthzz")

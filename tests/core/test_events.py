@@ -10,8 +10,8 @@ from enum import Enum, IntEnum
 
 import pytest
 
-from dodo_ingest import Event, ValidationError, new_event_id
-from dodo_ingest.events import clean_metadata, format_timestamp
+from dodo_ingest import Event, ValidationError
+from dodo_ingest.events import clean_metadata, format_timestamp, new_event_id
 
 
 def make(metadata: object = None, **kwargs: object) -> Event:

@@ -156,18 +156,18 @@ def test_track_api_call_in_a_forked_child_uses_its_own_connection(dodo_server: L
 
     ingestion = Ingestion(api_key=TEST_KEY, base_url=dodo_server.url)
     track_api_call(ingestion, "cus_parent", {"i": 0})  # opens the parent's keep-alive connection
-    parent_transport = ingestion._sync_transport
+    [parent_transport] = ingestion._sync._idle
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
             track_api_call(ingestion, "cus_child", {"i": 1})
-            code = 0 if ingestion._sync_transport is not parent_transport else 3
+            code = 0 if parent_transport not in ingestion._sync._idle else 3
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     track_api_call(ingestion, "cus_parent", {"i": 2})  # the parent's connection still works
-    assert ingestion._sync_transport is parent_transport
+    assert ingestion._sync._idle == [parent_transport]
     assert sorted(e["customer_id"] for e in dodo_server.events()) == ["cus_child", "cus_parent", "cus_parent"]
     ingestion.shutdown()

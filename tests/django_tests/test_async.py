@@ -79,8 +79,9 @@ async def test_set_customer_in_async_view(async_client: AsyncClient, events: Cap
     assert [e.customer_id for e in events] == ["cus_async_helper"]
 
 
-async def test_options_filtered_on_async_path(async_client: AsyncClient, events: CapturedEvents) -> None:
-    await async_client.options("/async/hello/", headers=CUSTOMER)
+async def test_cors_preflight_filtered_on_async_path(async_client: AsyncClient, events: CapturedEvents) -> None:
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    await async_client.options("/async/hello/", headers={**CUSTOMER, **preflight})
     assert events == []
 
 

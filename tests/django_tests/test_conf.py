@@ -26,7 +26,8 @@ def test_config_comes_from_settings_and_is_cached() -> None:
     config = conf.config
     assert config.base_url == "http://127.0.0.1:9"
     assert config.event_name == "api_call"  # a default
-    assert config.customer_id is not None and config.customer_id.__name__ == "customer_from_header"
+    resolver = config.request.customer_resolver
+    assert resolver is not None and resolver.__name__ == "customer_from_header"
     assert conf.config is config
     assert conf.ingestion is get_ingestion()
     assert conf.meter.ingestion is conf.ingestion

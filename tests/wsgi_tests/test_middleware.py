@@ -378,15 +378,17 @@ def test_filters_skip_requests_and_count_them(captured: CapturedEvents) -> None:
         exclude_paths=["/healthz", r"/admin/.*"],
         should_meter=lambda environ, status, headers: environ["PATH_INFO"] != "/internal",
     )
-    for path, method in [
-        ("/healthz", "GET"),
-        ("/admin/users", "GET"),
-        ("/x", "OPTIONS"),
-        ("/internal", "GET"),
-        ("/api", "GET"),
+    preflight = {"HTTP_ORIGIN": "https://a.example", "HTTP_ACCESS_CONTROL_REQUEST_METHOD": "POST"}
+    for path, method, extra in [
+        ("/healthz", "GET", {}),
+        ("/admin/users", "GET", {}),
+        ("/x", "OPTIONS", preflight),
+        ("/internal", "GET", {}),
+        ("/api", "GET", {}),
+        ("/api", "OPTIONS", {}),  # item 18: an OPTIONS the app answers in full is billed
     ]:
-        serve(app, make_environ(path, method))
-    assert [e.metadata["endpoint"] for e in captured] == ["/api"]
+        serve(app, make_environ(path, method, **extra))
+    assert [(e.metadata["endpoint"], e.metadata["method"]) for e in captured] == [("/api", "GET"), ("/api", "OPTIONS")]
     assert app.ingestion.stats().skipped == {"filtered": 4}
 
 
@@ -436,8 +438,8 @@ def test_failing_customer_hook_never_breaks_the_response(captured: CapturedEvent
     app = middleware(hello_app, customer_id=broken)
     served = serve(validator(app), make_environ("/x"))
     assert served.body == b'{"hello": "world"}'
-    assert len(captured) == 0
-    assert app.ingestion.stats().skipped == {"hook_error": 1}
+    assert [e.customer_id for e in captured] == ["cus_fallback"]  # item 21: still billed, to what is known
+    assert app.ingestion.stats().hook_errors == 1
 
 
 def test_failing_route_resolver_never_breaks_the_response(captured: CapturedEvents) -> None:
@@ -445,9 +447,12 @@ def test_failing_route_resolver_never_breaks_the_response(captured: CapturedEven
         raise RuntimeError("resolver bug")
 
     app = middleware(hello_app, route_resolver=broken)
-    served = serve(validator(app), make_environ("/x"))
+    for _ in range(1000):
+        served = serve(validator(app), make_environ("/x"))
     assert served.status == "200 OK"
-    assert app.ingestion.stats().skipped == {"hook_error": 1}
+    assert len(captured) == 1000  # item 21: once 0 events for 1000 requests
+    assert {e.metadata["endpoint"] for e in captured} == {UNMATCHED_ENDPOINT}
+    assert app.ingestion.stats().hook_errors == 1000
 
 
 def test_internal_failure_at_start_passes_the_request_through(
@@ -455,28 +460,26 @@ def test_internal_failure_at_start_passes_the_request_through(
 ) -> None:
     app = middleware(hello_app)
 
-    def broken_begin() -> Any:
+    def broken_begin(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("sdk bug")
 
     monkeypatch.setattr(app.meter, "begin", broken_begin)
     served = serve(validator(app), make_environ("/x"))
     assert served.body == b'{"hello": "world"}'
-    assert app.ingestion.stats().skipped == {"hook_error": 1}
+    assert app.ingestion.stats().skipped == {"adapter_error": 1}
 
 
 def test_internal_failure_at_the_end_is_logged_not_raised(
     captured: CapturedEvents, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import dodo_ingest.wsgi as wsgi
-
-    def broken(environ: Any) -> int:
+    def broken(*args: Any) -> bool:
         raise RuntimeError("sdk bug")
 
-    monkeypatch.setattr(wsgi, "request_bytes", broken)
     app = middleware(hello_app)
+    monkeypatch.setattr(app.meter.batcher, "enqueue", broken)
     served = serve(validator(app), make_environ("/x"))
     assert served.status == "200 OK"
-    assert app.ingestion.stats().skipped == {"hook_error": 1}
+    assert app.ingestion.stats().skipped == {"adapter_error": 1}
     assert any("could not meter" in r.getMessage() for r in caplog.records)
 
 

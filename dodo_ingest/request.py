@@ -1,0 +1,465 @@
+"""The one request lifecycle every adapter (WSGI, Flask, Django) uses: from a request to its one event.
+
+An adapter only translates its framework; everything else happens here, once:
+
+1. :meth:`Meter.begin` applies the filters (methods, paths, CORS preflights), claims the request for this
+   adapter (the **innermost** adapter that sees a request meters it: each one writes itself under
+   :data:`ADAPTER_KEY` in the WSGI environ, or the request's own dict, when it begins; only the one found
+   there at the end records), opens the annotations that :func:`annotate` writes to, and starts the clock.
+2. While the request runs: :meth:`MeteredRequest.fail` notes an exception (the first one wins; the request
+   is then a 500), :meth:`MeteredRequest.count` adds response bytes and never raises, whatever a body yields.
+3. :meth:`MeteredRequest.resolve` runs the user's hooks (``should_meter``, the customer resolver, the metadata
+   hook) **while the framework's request context still exists** — for a streamed body that is before the body
+   starts. A hook that raises is logged (rate-limited) and counted in ``stats().hook_errors``; the request is
+   still billed with what is known.
+4. :meth:`MeteredRequest.finish` (once) takes the end time and the byte count and queues the event. The
+   metadata dict, its validation, the event id and the JSON are built later on the flush thread
+   (:class:`RequestEvent`): the request thread only hands over the facts.
+
+The customer is, in this order: ``annotate(customer_id=...)``, ``set_customer()`` (:data:`CUSTOMER_KEY`), the
+``customer_resolver`` hook, the framework's default (Flask ``g.dodo_customer_id``, Django
+``request.user.dodo_customer_id``), ``fallback_customer_id``. It must be a non-empty ``str``: anything else
+(``b"cus_1"``, ``42``) is not billed as its ``str()`` but skipped and counted as ``invalid_customer``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from dodo_ingest.batcher import LazyMetadata
+from dodo_ingest.config import UNMATCHED_ENDPOINT, RequestConfig
+from dodo_ingest.stats import RateLimitedLog
+
+if TYPE_CHECKING:
+    from dodo_ingest.ingestion import Ingestion
+
+logger = logging.getLogger("dodo_ingest.request")
+
+#: Key (in the WSGI environ, or the request's dict) naming the adapter that meters the request.
+ADAPTER_KEY = "dodo_ingest.adapter"
+#: Key holding a customer id set with ``set_customer`` (or by an upstream auth middleware).
+CUSTOMER_KEY = "dodo_ingest.customer_id"
+#: What an adapter that declined a request (filters) leaves under :data:`ADAPTER_KEY`.
+DECLINED = "declined"
+
+#: The clock of request timings.
+now = time.perf_counter
+
+
+class Annotations:
+    """What the application said about the current request from inside the view."""
+
+    __slots__ = ("customer_id", "event_name", "exempt", "metadata")
+
+    def __init__(self) -> None:
+        self.customer_id: Any = None
+        self.event_name: str | None = None
+        self.metadata: dict[str, Any] = {}
+        self.exempt = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Annotations(customer_id={self.customer_id!r}, event_name={self.event_name!r}, "
+            f"metadata={self.metadata!r}, exempt={self.exempt!r})"
+        )
+
+
+_current: contextvars.ContextVar[Annotations | None] = contextvars.ContextVar("dodo_ingest_request", default=None)
+
+
+def annotate(
+    *,
+    customer_id: str | None = None,
+    event_name: str | None = None,
+    exempt: bool | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> bool:
+    """Tell the metering adapter about the current request, from inside a view.
+
+    ``customer_id`` wins over every other way of finding the customer; ``event_name`` replaces the
+    configured one for this request; ``metadata`` is added to the event; ``exempt=True`` means the request
+    is not metered. Returns False (and does nothing) when no metered request is in progress.
+    """
+    current = _current.get()
+    if current is None:
+        return False
+    if customer_id is not None:
+        current.customer_id = customer_id
+    if event_name is not None:
+        current.event_name = event_name
+    if exempt is not None:
+        current.exempt = exempt
+    if metadata:
+        current.metadata.update(metadata)
+    return True
+
+
+def request_bytes(content_length: Any, chunked: bool) -> int | None:
+    """The request body size from ``Content-Length``; 0 without a body; None when unknown (a chunked upload)."""
+    if content_length:
+        try:
+            return max(int(content_length), 0)
+        except (TypeError, ValueError):
+            return None
+    return None if chunked else 0
+
+
+def chunk_size(chunk: Any) -> int | None:
+    """Bytes in one chunk of a body (bytes, bytearray, memoryview, str); None if it has no size we can tell."""
+    if type(chunk) is bytes:
+        return len(chunk)
+    try:
+        if isinstance(chunk, memoryview):
+            return chunk.nbytes
+        if isinstance(chunk, str):
+            return len(chunk.encode("utf-8", "replace"))
+        return len(chunk)
+    except Exception:
+        return None
+
+
+class RequestEvent(LazyMetadata):
+    """The facts of one finished request; the flush thread turns them into the event's metadata."""
+
+    __slots__ = (
+        "annotated",
+        "client_ip",
+        "duration",
+        "endpoint",
+        "error",
+        "extra",
+        "method",
+        "request_bytes",
+        "response_bytes",
+        "status_code",
+        "user_agent",
+    )
+
+    def __init__(self, request: MeteredRequest, duration: float) -> None:
+        self.endpoint = request.route or UNMATCHED_ENDPOINT
+        self.method = request.method
+        self.status_code = 500 if request.error is not None else request.status_code
+        self.duration = duration
+        self.request_bytes = request.request_bytes
+        self.response_bytes = 0 if request.method == "HEAD" else request.response_bytes
+        self.error = request.error
+        self.client_ip = request.client_ip
+        self.user_agent = request.user_agent
+        self.annotated = request.annotations.metadata
+        self.extra = request.extra
+
+    def build(self) -> dict[str, Any]:
+        """Dodo's API-gateway metadata; the user's keys never overwrite the built-in ones."""
+        metadata: dict[str, Any] = {
+            "endpoint": self.endpoint,
+            "method": self.method,
+            "status_code": self.status_code,
+            "response_time_ms": round(self.duration * 1000.0, 3),
+        }
+        if self.request_bytes is not None:
+            metadata["request_bytes"] = self.request_bytes
+        if self.response_bytes is not None:
+            metadata["response_bytes"] = self.response_bytes
+        if self.error:
+            metadata["error"] = self.error
+        if self.client_ip:
+            metadata["client_ip"] = self.client_ip
+        if self.user_agent:
+            metadata["user_agent"] = self.user_agent
+        for extra in (self.annotated, self.extra):
+            if extra:
+                for key, value in extra.items():
+                    metadata.setdefault(key, value)
+        return metadata
+
+
+class Meter:
+    """One adapter's request path: its request settings on an :class:`Ingestion`'s shared batcher."""
+
+    def __init__(self, ingestion: Ingestion, config: RequestConfig | None = None) -> None:
+        self.ingestion = ingestion
+        self.config: RequestConfig = config or ingestion.config.request
+        self.batcher = ingestion.batcher
+        self.log = RateLimitedLog(logger)
+
+    def __repr__(self) -> str:
+        return f"<Meter event_name={self.config.event_name!r} via {self.ingestion!r}>"
+
+    def begin(
+        self,
+        carrier: MutableMapping[str, Any],
+        method: str,
+        path: str,
+        *,
+        preflight: bool = False,
+        started: float | None = None,
+    ) -> MeteredRequest | None:
+        """Start metering a request, or decline it (None) when a filter excludes it. Never raises.
+
+        ``carrier`` is where adapters meet (the WSGI environ, or the request's dict); ``preflight``: the request
+        is an ``OPTIONS`` with ``Access-Control-Request-Method``.
+        """
+        try:
+            config = self.config
+            if not config.enabled:
+                carrier[ADAPTER_KEY] = DECLINED
+                return None
+            if (
+                method in config.exclude_methods
+                or (preflight and config.skip_cors_preflight)
+                or (config.include_paths is not None and not any(p.matches(path) for p in config.include_paths))
+                or any(p.matches(path) for p in config.exclude_paths)
+            ):
+                carrier[ADAPTER_KEY] = DECLINED
+                self.batcher.counters.skip("filtered")
+                return None
+            metered = MeteredRequest(self, carrier, method, path, now() if started is None else started)
+            carrier[ADAPTER_KEY] = metered
+            return metered
+        except Exception:
+            self.internal_error()
+            return None
+
+    def hook_failed(self, hook: Any) -> None:
+        """A user hook raised: log it (rate-limited, with the traceback) and count it; the request goes on."""
+        self.batcher.counters.add("hook_errors")
+        self.log.log(
+            logging.ERROR,
+            f"hook-{getattr(hook, '__qualname__', type(hook).__name__)}",
+            "dodo-ingest: hook %r raised; the request is metered without what it would have given",
+            hook,
+            exc_info=True,
+        )
+
+    def internal_error(self) -> None:
+        """dodo-ingest itself failed on a request: log it (rate-limited) and count the request as skipped."""
+        self.log.log(logging.ERROR, "adapter", "dodo-ingest could not meter a request; skipped", exc_info=True)
+        with contextlib.suppress(Exception):
+            self.batcher.counters.skip("adapter_error")
+
+
+class MeteredRequest:
+    """One metered request from :meth:`Meter.begin` to its one event (see the module docstring)."""
+
+    __slots__ = (
+        "annotations",
+        "carrier",
+        "client_ip",
+        "customer",
+        "done",
+        "error",
+        "event_name",
+        "extra",
+        "meter",
+        "method",
+        "path",
+        "request_bytes",
+        "resolved",
+        "response_bytes",
+        "route",
+        "skip_reason",
+        "started",
+        "status_code",
+        "token",
+        "user_agent",
+    )
+
+    def __init__(self, meter: Meter, carrier: MutableMapping[str, Any], method: str, path: str, started: float) -> None:
+        self.meter = meter
+        self.carrier = carrier
+        self.method = method
+        self.path = path
+        self.started = started
+        self.route: str | None = None
+        self.status_code = 500
+        self.error: str | None = None
+        self.request_bytes: int | None = None
+        self.response_bytes: int | None = 0
+        self.client_ip: str | None = None
+        self.user_agent: str | None = None
+        self.customer: Any = None
+        self.extra: Mapping[str, Any] | None = None
+        self.event_name: str | None = None
+        self.skip_reason: str | None = None
+        self.resolved = False
+        self.done = False
+        self.annotations = Annotations()
+        self.token: contextvars.Token[Annotations | None] | None = _current.set(self.annotations)
+
+    def __repr__(self) -> str:
+        return f"<MeteredRequest {self.method} {self.path} route={self.route!r} status={self.status_code}>"
+
+    # --- while the request runs ---------------------------------------------------------------------------
+
+    def fail(self, exc: BaseException) -> None:
+        """The app raised (or its body did): the request is a 500 with the exception's class name."""
+        if self.error is None:
+            self.error = type(exc).__name__
+
+    def count(self, chunk: Any) -> None:
+        """Add one body chunk to ``response_bytes``; never raises (an unsizable chunk makes the count unknown)."""
+        if self.response_bytes is not None:
+            size = chunk_size(chunk)
+            self.response_bytes = None if size is None else self.response_bytes + size
+
+    def close_context(self) -> None:
+        """Close the annotations context opened by :meth:`Meter.begin` (in the same context; else a no-op)."""
+        token, self.token = self.token, None
+        if token is not None:
+            with contextlib.suppress(ValueError):  # a different context: nothing to undo there
+                _current.reset(token)
+
+    def broke(self) -> None:
+        """The adapter itself failed on this request: log it, count it as skipped (``adapter_error``) and end
+        the request without an event (a half-known event is worse than a counted gap)."""
+        if not self.done:
+            self.meter.internal_error()
+            self.abandon()
+
+    def abandon(self) -> None:
+        """End the request without an event (the process is stopping, or the request was cancelled)."""
+        self.done = True
+        self.close_context()
+
+    @property
+    def claimed(self) -> bool:
+        """Whether this adapter is still the innermost one to have claimed the request."""
+        return self.carrier.get(ADAPTER_KEY) is self
+
+    # --- the user's hooks, while the framework's context exists -------------------------------------------
+
+    def resolve(self, hook_args: tuple[Any, ...], default_customer: Callable[[], Any] | None = None) -> None:
+        """Run ``should_meter``, find the customer and run the metadata hook (once; never raises)."""
+        if self.resolved:
+            return
+        self.resolved = True
+        meter = self.meter
+        config = meter.config
+        try:
+            if self.annotations.exempt:
+                self.skip_reason = "filtered"
+                return
+            if config.should_meter is not None:
+                try:
+                    verdict = config.should_meter(*hook_args)
+                except Exception:
+                    meter.hook_failed(config.should_meter)
+                else:
+                    if not verdict:
+                        self.skip_reason = "filtered"
+                        return
+            customer = self.annotations.customer_id or self.carrier.get(CUSTOMER_KEY)
+            if customer is None and config.customer_resolver is not None:
+                try:
+                    customer = config.customer_resolver(*hook_args)
+                except Exception:
+                    meter.hook_failed(config.customer_resolver)
+            if customer is None and default_customer is not None:
+                try:
+                    customer = default_customer()
+                except Exception:
+                    meter.hook_failed(default_customer)
+            self.customer = customer
+            if config.metadata_hook is not None:
+                try:
+                    self.extra = config.metadata_hook(*hook_args)
+                except Exception:
+                    meter.hook_failed(config.metadata_hook)
+        except Exception:
+            meter.internal_error()
+            self.skip_reason = "adapter_error"
+
+    # --- the end ------------------------------------------------------------------------------------------
+
+    def finish(self, hook_args: tuple[Any, ...] = (), default_customer: Callable[[], Any] | None = None) -> bool:
+        """Queue the request's event (once; never raises). Returns whether an event was queued.
+
+        Runs :meth:`resolve` first if the adapter has not (``hook_args`` are then used). Does nothing when an
+        adapter inside this one claimed the request.
+        """
+        if self.done:
+            return False
+        self.done = True
+        finished = now()
+        meter = self.meter
+        try:
+            self.close_context()
+            if not self.claimed:
+                return False
+            if not self.resolved:
+                self.resolve(hook_args, default_customer)
+            if self.skip_reason is not None or self.annotations.exempt:
+                meter.batcher.counters.skip(self.skip_reason or "filtered")
+                return False
+            config = meter.config
+            # What the app set explicitly wins, even when it set it late (inside a streamed body).
+            customer = (
+                self.annotations.customer_id
+                or self.carrier.get(CUSTOMER_KEY)
+                or self.customer
+                or config.fallback_customer_id
+            )
+            if customer is None:
+                meter.batcher.counters.skip("no_customer")
+                return False
+            if not isinstance(customer, str) or not customer.strip():
+                meter.batcher.counters.skip("invalid_customer")
+                meter.log.log(
+                    logging.WARNING,
+                    "invalid-customer",
+                    "dodo-ingest: the customer of %s %s is %s, not a non-empty str; the request is not billed",
+                    self.method,
+                    self.path,
+                    type(customer).__name__,
+                )
+                return False
+            if not config.capture_client_ip:
+                self.client_ip = None
+            if not config.capture_user_agent:
+                self.user_agent = None
+            event_name = self.annotations.event_name or self.event_name or config.event_name
+            return meter.batcher.enqueue(customer, event_name, RequestEvent(self, finished - self.started))
+        except Exception:
+            meter.internal_error()
+            return False
+
+
+# --- bodies: one counting wrapper for sync and async iterables -----------------------------------------------
+
+
+def counted(body: Iterable[Any], metered: MeteredRequest, on_end: Callable[[], None] | None = None) -> Iterator[Any]:
+    """Yield ``body``'s chunks, counting them and noting an exception raised while it streams; ``on_end`` runs
+    when the body is exhausted or fails (a server that closes without iterating leaves it to ``close()``)."""
+    try:
+        for chunk in body:
+            metered.count(chunk)
+            yield chunk
+    except BaseException as exc:
+        if not isinstance(exc, GeneratorExit):
+            metered.fail(exc)
+        raise
+    finally:
+        if on_end is not None:
+            on_end()
+
+
+async def acounted(
+    body: AsyncIterable[Any], metered: MeteredRequest, on_end: Callable[[], None] | None = None
+) -> AsyncIterator[Any]:
+    """:func:`counted` for an async body."""
+    try:
+        async for chunk in body:
+            metered.count(chunk)
+            yield chunk
+    except BaseException as exc:
+        if not isinstance(exc, GeneratorExit):
+            metered.fail(exc)
+        raise
+    finally:
+        if on_end is not None:
+            on_end()
