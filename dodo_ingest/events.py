@@ -1,17 +1,20 @@
 """The usage event, its ids and timestamps, and Dodo's validation rules for it.
 
 Rules (Dodo's ``POST /events/ingest`` contract): ``event_id``, ``customer_id`` and ``event_name`` are
-non-empty strings; ``metadata`` is flat, its values ``str``, ``int``, ``float`` or ``bool`` (``bool`` is
-its own type, NaN and infinities are rejected), at most 50 keys, keys at most 100 characters, string values
-at most 500 characters; ``timestamp`` is RFC 3339 in UTC with ``Z``, taken when the event is created.
+non-empty strings of valid text (no lone surrogates); ``metadata`` is flat, its values ``str``, ``int``,
+``float`` or ``bool`` (``bool`` is its own type; other numbers such as ``numpy.float64`` are sent as plain
+numbers; NaN, infinities and ints beyond 64 bits are rejected), at most 50 keys, keys at most 100 characters,
+string values at most 500 characters; ``timestamp`` is RFC 3339 in UTC with ``Z``, taken when the event is
+created.
 
 Two policies use these rules:
 
 * **strict** (``track_api_call``, :meth:`Ingestion.event`): any violation raises
   :class:`~dodo_ingest.errors.ValidationError` naming the field.
 * **lenient** (the batch and middleware paths, which must never raise into a request): a ``None``
-  metadata value is omitted and a string value longer than 500 characters is truncated (both counted as
-  ``repaired``); anything else that breaks a rule drops the event with reason ``invalid``.
+  metadata value is omitted, a string value longer than 500 characters is truncated and a lone surrogate in
+  a string value becomes ``?`` (all counted as ``repaired``); anything else that breaks a rule drops the
+  event with reason ``invalid``.
 """
 
 from __future__ import annotations

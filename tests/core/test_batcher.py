@@ -272,7 +272,152 @@ def test_shutdown_gives_up_within_its_deadline_when_dodo_keeps_failing(
     dodo_server.add_faults(Fault(status=503, retry_after="30", repeat=100))
     batch = make_batch(max_size=10, flush_interval=600)
     add_many(batch, 10)
-    assert dodo_server.wait_for_events(0) and wait_until(lambda: len(dodo_server.requests) >= 1)
+    assert wait_until(lambda: len(dodo_server.requests) >= 1)
     assert batch.shutdown(timeout=1.0) is False  # it would have to wait 30 s for the Retry-After
     assert batch.stats().dropped == {"shutdown": 10}
     assert dodo_server.event_count() == 0
+
+
+# --- billing-grade regressions (issue 7) ---------------------------------------------------------------------
+
+
+def test_flush_cuts_our_own_backoff_short_but_not_a_server_mandated_wait(make_batch: Callable[..., Batcher]) -> None:
+    """Item 8: a flush() during a backoff used to lose its wake-up, and a pending flush ignored Retry-After."""
+    batch = make_batch(flush_interval=600)
+    batch.add("cus_1", {})  # something for flush() to wait for
+    results: list[bool] = []
+
+    def wait(mandated: bool) -> threading.Thread:
+        thread = threading.Thread(target=lambda: results.append(batch.wait(30.0, mandated)), daemon=True)
+        thread.start()
+        return thread
+
+    ours = wait(mandated=False)
+    assert wait_until(lambda: ours.is_alive())
+    batch.flush(timeout=0.05)
+    ours.join(10)
+    assert not ours.is_alive() and results == [True]  # cut short: retry now
+    server_said = wait(mandated=True)
+    batch.flush(timeout=0.05)
+    server_said.join(0.3)
+    assert server_said.is_alive()  # a Retry-After is honoured, flush or not
+    batch.begin_shutdown(time.monotonic() + 0.5)
+    server_said.join(10)
+    assert not server_said.is_alive() and results == [True, False]  # the deadline: one last attempt now
+
+
+def test_the_last_attempt_before_the_shutdown_deadline_delivers_when_dodo_is_back(
+    dodo_server: LocalDodoServer, make_batch: Callable[..., Batcher]
+) -> None:
+    """Item 15: a shutdown during a 30 s Retry-After no longer drops the chunk without one more try."""
+    dodo_server.add_faults(Fault(status=503, retry_after="30"))
+    batch = make_batch(max_size=10, flush_interval=600)
+    add_many(batch, 10)
+    assert wait_until(lambda: len(dodo_server.requests) >= 1)
+    assert batch.shutdown(timeout=2.0) is True
+    assert_exactly_once(dodo_server, 10)
+    assert [r.status for r in dodo_server.requests] == [503, 200]
+
+
+def test_a_shutdown_deadline_mid_send_accounts_for_every_event_once(
+    dodo_server: LocalDodoServer, make_ingestion: Callable[..., Any]
+) -> None:
+    """Item 10: the flush thread gave its chunk back to a closed batcher; an invalid event was dropped twice."""
+    drops: list[tuple[int, str]] = []
+    batch = make_ingestion(on_drop=lambda events, reason: drops.append((len(events), reason))).create_batch(
+        max_size=1000, flush_interval=600
+    )
+    dodo_server.add_faults(Fault(delay=1.5))
+    add_many(batch, 5)
+    batch.add("cus_1", {"nested": {"not": "flat"}})
+    batch.flush(timeout=0.01)
+    assert wait_until(lambda: len(dodo_server.requests) >= 1 or batch.stats().in_flight == 5)
+    assert batch.shutdown(timeout=0.2) is False  # the request is still on the wire
+    assert wait_until(lambda: batch.stats().in_flight == 0)
+    stats = batch.stats()
+    assert (stats.accepted, stats.sent, stats.queued, stats.in_flight) == (6, 5, 0, 0)
+    assert stats.dropped == {"invalid": 1}
+    assert drops == [(1, "invalid")]
+    assert_exactly_once(dodo_server, 5)
+
+
+class _OddFloat(float):
+    """What numpy.float64 is to the batcher: a float subclass (np.mean([]) returns its NaN)."""
+
+
+class _BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("repr of a key raised")
+
+
+class _ExplodingFloat(float):
+    def __float__(self) -> float:
+        raise ArithmeticError("no float for you")
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        {"ratio": _OddFloat("nan")},
+        {"ratio": _OddFloat("inf")},
+        {"big": 10**5000},
+        {"big": 2**64},
+        {_BadRepr(): 1},
+        {"x": _ExplodingFloat(1.0)},
+    ],
+)
+def test_no_value_an_event_holds_stops_delivery_of_the_rest(
+    poison: dict[Any, Any], dodo_server: LocalDodoServer, make_batch: Callable[..., Batcher]
+) -> None:
+    """Item 13: one such event killed the flush thread for the life of the process, its chunk vanished
+    uncounted, and flush() still returned True. Now it alone is dropped and counted."""
+    batch = make_batch(max_size=1000, flush_interval=600)
+    batch.add("cus_1", poison)
+    add_many(batch, 200)
+    assert batch.flush(timeout=10) is True
+    assert_exactly_once(dodo_server, 200)
+    stats = batch.stats()
+    assert stats.dropped == {"invalid": 1} and stats.sent == 200
+    add_many(batch, 1)  # the thread is still there
+    assert batch.flush(timeout=10) and dodo_server.event_count() == 201
+
+
+def test_a_dead_flush_thread_is_restarted_by_the_next_add(
+    dodo_server: LocalDodoServer, make_batch: Callable[..., Batcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = make_batch(max_size=1000, flush_interval=600)
+    calls = 0
+    original = Batcher._wait_for_work
+
+    def dies_once(self: Batcher) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise SystemExit("the thread dies")
+        return original(self)
+
+    monkeypatch.setattr(Batcher, "_wait_for_work", dies_once)
+    batch.add("cus_1", {})
+    assert wait_until(lambda: batch._thread is None)
+    add_many(batch, 3)
+    assert batch.flush(timeout=10) is True
+    assert dodo_server.event_count() == 4
+
+
+def test_lone_surrogates_and_repeated_ids_are_caught_before_sending(
+    dodo_server: LocalDodoServer, make_batch: Callable[..., Batcher]
+) -> None:
+    """Item 22: these passed client-side checks and were then isolated by bisection (~15 requests each)."""
+    batch = make_batch(max_size=1000, flush_interval=600)
+    add_many(batch, 20)
+    batch.add("cus_1", {"name": "caf\udce9"})  # repaired: the surrogate becomes "?"
+    batch.add("cus_\udce9", {})  # invalid: a customer id must be valid text
+    batch.add("cus_1", {"\ud800": 1})  # invalid: so must a key
+    batch.add("cus_1", {"i": 1}, event_id="job_1")
+    batch.add("cus_1", {"i": 2}, event_id="job_1")  # the same id twice in one request would fail it all
+    assert batch.flush(timeout=10) is True
+    assert len(dodo_server.requests) == 1
+    stats = batch.stats()
+    assert stats.dropped == {"invalid": 2, "duplicate_id": 1}
+    assert stats.repaired == 1 and stats.sent == 22
+    assert {e["metadata"].get("name") for e in dodo_server.events()} >= {"caf?"}

@@ -158,3 +158,32 @@ def test_capture_events_sees_what_would_be_sent_without_any_network() -> None:
     assert captured.for_customer("cus_2")[0].metadata == {"endpoint": "/c"}
     assert batch.stats().queued == 0
     batch.shutdown()
+
+
+def test_a_synchronous_call_has_a_short_budget_and_holds_no_lock_across_io(
+    dodo_server: LocalDodoServer, make_ingestion: Callable[..., Ingestion]
+) -> None:
+    """Item 9: ``track_api_call`` held one process-wide lock across network I/O and up to max_retry_time (600 s):
+    one slow call blocked every other call of the worker, for minutes."""
+    import threading
+
+    ingestion = make_ingestion(sync_timeout=1.0)
+    dodo_server.add_faults(Fault(delay=5.0))  # the first request hangs far beyond the budget
+    outcome: list[BaseException] = []
+
+    def slow_call() -> None:
+        try:
+            track_api_call(ingestion, "cus_slow", {"i": 0})
+        except BaseException as exc:
+            outcome.append(exc)
+
+    slow = threading.Thread(target=slow_call, daemon=True)
+    slow.start()
+    assert dodo_server.faults.wait_until_empty(10)  # the slow call is on the wire
+    track_api_call(ingestion, "cus_fast", {"i": 1})  # not queued behind the slow call
+    assert slow.is_alive()
+    slow.join(15)
+    assert not slow.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], DeliveryError)
+    assert outcome[0].reason == "retries_exhausted"
+    assert [e["customer_id"] for e in dodo_server.events()] == ["cus_fast"]

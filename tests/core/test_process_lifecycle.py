@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -171,3 +172,100 @@ def test_track_api_call_in_a_forked_child_uses_its_own_connection(dodo_server: L
     assert ingestion._sync._idle == [parent_transport]
     assert sorted(e["customer_id"] for e in dodo_server.events()) == ["cus_child", "cus_parent", "cus_parent"]
     ingestion.shutdown()
+
+
+# --- SIGTERM and Pool.terminate: ordinary stops lose nothing (item 14) -------------------------------------
+
+
+def start_script(code: str, server: LocalDodoServer) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "DODO_PAYMENTS_API_KEY": TEST_KEY,
+        "DODO_PAYMENTS_BASE_URL": server.url,
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("host", ["default", "uvicorn-like"])
+def test_sigterm_drains_and_the_process_still_dies_of_sigterm(host: str, dodo_server: LocalDodoServer) -> None:
+    """``default``: no handler (waitress, a plain worker): SIGTERM killed the process at once, atexit never ran.
+    ``uvicorn-like``: the host's handler stops gracefully, then restores the default handler and re-raises."""
+    prologue = {
+        "default": "stop = threading.Event()",
+        "uvicorn-like": """
+            stop = threading.Event()
+            original = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+            """,
+    }[host]
+    epilogue = {
+        "default": "stop.wait()",
+        "uvicorn-like": """
+            stop.wait()
+            for i in range(100, 110):  # requests finishing during the graceful stop
+                batch.add("cus_term", {"i": i})
+            signal.signal(signal.SIGTERM, original)
+            signal.raise_signal(signal.SIGTERM)
+            """,
+    }[host]
+    code = (
+        "import signal, sys, threading\n"
+        + textwrap.dedent(prologue)
+        + textwrap.dedent(
+            """
+            from dodo_ingest import Ingestion, create_batch
+            batch = create_batch(Ingestion(), max_size=1000, flush_interval=600)
+            for i in range(100):
+                batch.add("cus_term", {"i": i})
+            print("ready", flush=True)
+            """
+        )
+        + textwrap.dedent(epilogue)
+    )
+    process = start_script(code, dodo_server)
+    assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    process.send_signal(signal.SIGTERM)
+    returncode = process.wait(timeout=30)
+    assert returncode == -signal.SIGTERM, process.stderr.read() if process.stderr else ""
+    expected = 100 if host == "default" else 110
+    assert dodo_server.wait_for_events(expected, timeout=10)
+    events = dodo_server.events()
+    assert len(events) == expected and len({e["event_id"] for e in events}) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the fork start method")
+def test_a_pool_that_ends_in_terminate_delivers_its_workers_queues(dodo_server: LocalDodoServer) -> None:
+    """``with multiprocessing.Pool()`` ends in ``terminate()``: SIGTERM to every worker."""
+    result = run_script(
+        """
+        import multiprocessing, os
+        from dodo_ingest import Ingestion, create_batch
+
+        batch = None
+
+        def work(i):
+            global batch
+            if batch is None:
+                batch = create_batch(Ingestion(), max_size=1000, flush_interval=600)
+            batch.add("cus_pool", {"i": i, "pid": os.getpid()})
+            return i
+
+        if __name__ == "__main__":
+            with multiprocessing.get_context("fork").Pool(2) as pool:
+                assert sorted(pool.map(work, range(40))) == list(range(40))
+        """,
+        dodo_server,
+    )
+    assert result.returncode == 0, result.stderr
+    assert dodo_server.wait_for_events(40, timeout=15)
+    events = dodo_server.events()
+    assert sorted(e["metadata"]["i"] for e in events) == list(range(40))

@@ -135,15 +135,22 @@ def test_an_empty_customer_means_none_found(captured: CapturedEvents) -> None:
 
 def test_filters_on_method_path_and_cors_preflights() -> None:
     m = meter(exclude_paths=[r"/admin/.*", "/healthz"], include_paths=["/api", "/healthz"])
-    assert m.begin({}, "GET", "/api/items") is not None
-    assert m.begin({}, "OPTIONS", "/api/items") is not None  # item 18: an OPTIONS a view answers is billed
-    assert m.begin({}, "OPTIONS", "/api/items", preflight=True) is None  # a CORS preflight is not
-    assert meter(skip_cors_preflight=False).begin({}, "OPTIONS", "/api", preflight=True) is not None
-    assert meter(exclude_methods=["options"]).begin({}, "OPTIONS", "/api") is None
-    assert m.begin({}, "GET", "/healthz/live") is None
-    assert m.begin({}, "GET", "/admin/users") is None
-    assert m.begin({}, "GET", "/static/app.js") is None  # not included
-    assert meter(enabled=False).begin({}, "GET", "/api") is None
+
+    def metered(m: Meter, method: str, path: str, preflight: bool = False) -> bool:
+        request = m.begin({}, method, path, preflight=preflight)
+        if request is not None:
+            request.abandon()
+        return request is not None
+
+    assert metered(m, "GET", "/api/items")
+    assert metered(m, "OPTIONS", "/api/items")  # item 18: an OPTIONS a view answers is billed
+    assert not metered(m, "OPTIONS", "/api/items", preflight=True)  # a CORS preflight is not
+    assert metered(meter(skip_cors_preflight=False), "OPTIONS", "/api", preflight=True)
+    assert not metered(meter(exclude_methods=["options"]), "OPTIONS", "/api")
+    assert not metered(m, "GET", "/healthz/live")
+    assert not metered(m, "GET", "/admin/users")
+    assert not metered(m, "GET", "/static/app.js")  # not included
+    assert not metered(meter(enabled=False), "GET", "/api")
     assert m.batcher.stats().skipped == {"filtered": 4}
 
 

@@ -508,3 +508,77 @@ def test_events_reach_the_local_server_exactly_once(dodo_server: LocalDodoServer
     assert len(dodo_server.events(customer_id="cus_2")) == 10
     endpoints = {e["metadata"]["endpoint"] for e in events}
     assert endpoints == {"/api/v1/items/<int:item_id>", "/api/v1/stream", UNMATCHED_ENDPOINT}
+
+
+# --- issue 7 regressions -------------------------------------------------------------------------------------------
+
+
+def test_a_streamed_response_resolves_the_customer_while_g_still_exists(captured: CapturedEvents) -> None:
+    """Item 2: the resolver of the extension's own docstring example reads ``g``; on a streamed response it ran
+    after the request and app contexts were gone, failed, and the request was not billed."""
+    app, dodo = make_app(
+        customer_resolver=lambda req, resp: g.account,
+        metadata_hook=lambda req, resp: {"plan": g.plan, "path": req.path},
+        should_meter=lambda req, resp: g.plan != "free",
+    )
+
+    @app.before_request
+    def load_account() -> None:
+        g.account, g.plan = "cus_from_g", "pro"
+
+    response = app.test_client().get("/api/v1/stream", headers=C)
+    assert response.get_data() == b"a" * 10 + b"b" * 20
+    response.close()
+    assert [(e.customer_id, e.metadata["plan"], e.metadata["response_bytes"]) for e in captured] == [
+        ("cus_from_g", "pro", 30)
+    ]
+    assert dodo.stats().hook_errors == 0
+
+
+@pytest.mark.parametrize("kind", [bytearray, memoryview, bytes])
+def test_bytearray_and_memoryview_chunks_are_counted_without_raising(kind: type, captured: CapturedEvents) -> None:
+    """Item 3: the byte counter raised on chunks that plain Flask serves."""
+    app, _ = make_app()
+
+    @app.get("/chunks")
+    def chunks() -> Response:
+        return Response((kind(b"x" * n) for n in (3, 4, 5)), mimetype="application/octet-stream")
+
+    response = app.test_client().get("/chunks", headers=C)
+    assert response.get_data() == b"x" * 12
+    response.close()
+    assert [e.metadata["response_bytes"] for e in captured] == [12]
+
+
+def test_an_app_factory_test_suite_does_not_leak_threads(dodo_server: LocalDodoServer) -> None:
+    """Item 11: one Ingestion and two threads per app, never released: 50 apps made 100 threads."""
+    import threading
+
+    def flush_threads() -> int:
+        return sum(1 for t in threading.enumerate() if t.name.startswith("dodo-ingest"))
+
+    before = flush_threads()
+    apps = []
+    for i in range(50):
+        app, dodo = make_app(f"factory_{i}", api_key=TEST_KEY, base_url=dodo_server.url, flush_interval=600)
+        app.test_client().get("/api/v1/items/1", headers=C)
+        apps.append((app, dodo))
+    assert flush_threads() - before == 1  # the 50 apps share one ingestion: one queue, one flush thread
+    assert apps[0][1].flush(timeout=10)
+    assert dodo_server.event_count() == 50
+
+
+def test_exempt_works_on_a_blueprint_and_belongs_to_the_instance(captured: CapturedEvents) -> None:
+    app = Flask("blueprints")
+    app.config["DODO_INGEST_API_KEY"] = "sk_test_flask_unit"
+    dodo = DodoIngest(app, fallback_customer_id="cus_1")
+    admin = Blueprint("admin", __name__, url_prefix="/admin")
+    admin.add_url_rule("/stats", "stats", lambda: "stats")
+    dodo.exempt(admin)
+    app.register_blueprint(admin)
+    app.add_url_rule("/api", "api", lambda: "api")
+    client = app.test_client()
+    client.get("/admin/stats")
+    client.get("/api")
+    assert [e.metadata["endpoint"] for e in captured] == ["/api"]
+    assert dodo.stats().skipped == {"filtered": 1}

@@ -552,3 +552,28 @@ def test_under_wsgiref_server_with_head_and_file_wrapper(captured: CapturedEvent
     assert by_method == [("GET", "/file"), ("GET", "/users/{id}"), ("HEAD", "/users/{id}")]
     sizes = {e.metadata["method"] + e.metadata["endpoint"]: e.metadata["response_bytes"] for e in captured}
     assert sizes["GET/file"] == 4096 and sizes["GET/users/{id}"] == 18
+
+
+def test_the_apps_iterable_is_iterated_once_however_often_the_server_asks(captured: CapturedEvents) -> None:
+    """Item 23: ``iter()`` on the response restarted the app's body (werkzeug's test client got it twice under
+    the same Content-Length)."""
+    starts = 0
+
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            nonlocal starts
+            starts += 1
+            yield b"once"
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
+        return Body()
+
+    environ = make_environ("/x")
+    response = middleware(app)(environ, lambda status, headers, exc_info=None: None)
+    first = iter(response)
+    assert next(first) == b"once"
+    assert list(iter(response)) == []  # the same body, already sent: not a second copy
+    response.close()  # type: ignore[attr-defined]
+    assert starts == 1
+    assert [e.metadata["response_bytes"] for e in captured] == [4]
