@@ -7,7 +7,10 @@ Configuration comes from the environment: ``DODO_PAYMENTS_API_KEY`` (required), 
     dodo-ingest serve --port 8765 &
     export DODO_PAYMENTS_API_KEY=sk_test_local DODO_PAYMENTS_BASE_URL=http://127.0.0.1:8765
     flask --app examples/flask_app.py run                # or: gunicorn -w 2 examples.flask_app:app
-    curl -H 'X-Customer-Id: cus_123' localhost:5000/api/v1/items/42
+    curl -H 'X-Api-Key: key_alice' localhost:5000/api/v1/items/42
+
+The billed customer comes from the caller's credentials, looked up on the server: never from a customer id the
+client sends (a client could then bill its calls to someone else).
 """
 
 from __future__ import annotations
@@ -38,12 +41,17 @@ app.config.update(settings_from_env())
 dodo = DodoIngest(app)
 
 
+#: Stand-in for your authentication: in a real app, a (cached) database lookup of the caller's API key.
+API_KEYS = {"key_alice": "cus_alice", "key_bob": "cus_bob", "key_carol": "cus_carol"}
+
+
 @app.before_request
-def identify_customer() -> None:
-    # Stand-in for your authentication: map the caller's credentials to its Dodo customer id.
-    customer_id = request.headers.get("X-Customer-Id")
+def authenticate() -> None:
+    customer_id = API_KEYS.get(request.headers.get("X-Api-Key", ""))
     if customer_id:
         g.dodo_customer_id = customer_id  # the extension's default customer
+    elif request.path.startswith("/api/"):
+        abort(401)
 
 
 @app.get("/api/v1/items/<int:item_id>")

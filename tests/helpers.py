@@ -36,8 +36,8 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float, de
         if process.poll() is not None:
             raise AssertionError(f"the server exited early with {process.returncode}: {describe()}")
         try:
-            return requests.get(url, timeout=1).status_code == 200
-        except requests.ConnectionError:
+            return requests.get(url, timeout=2).status_code == 200
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still loading the app
             return False
 
     if not wait_until(answering, timeout, interval=0.05):

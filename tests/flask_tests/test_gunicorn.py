@@ -22,7 +22,7 @@ pytest.importorskip("gunicorn")
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUESTS = 120
-CUSTOMERS = ["cus_alpha", "cus_beta", "cus_gamma"]
+KEYS = {"key_alice": "cus_alice", "key_bob": "cus_bob", "key_carol": "cus_carol"}  # the example's API keys
 
 
 @pytest.mark.slow
@@ -63,17 +63,17 @@ def test_gunicorn_delivers_exactly_one_event_per_request(dodo_server: LocalDodoS
         wait_for_http(url + "/health", process, 30, lambda: "gunicorn did not serve the example app")
 
         def call(index: int) -> int:
-            customer = CUSTOMERS[index % len(CUSTOMERS)]
+            key = list(KEYS)[index % len(KEYS)]
             path = f"/api/v1/items/{index}" if index % 7 else "/api/v1/items/5000"  # some 404s
             with requests.Session() as session:  # a new connection each time: both workers take requests
-                return session.get(url + path, headers={"X-Customer-Id": customer}, timeout=10).status_code
+                return session.get(url + path, headers={"X-Api-Key": key}, timeout=10).status_code
 
         with ThreadPoolExecutor(max_workers=6) as pool:
             statuses = list(pool.map(call, range(REQUESTS)))
         assert Counter(statuses) == {200: REQUESTS - len(range(0, REQUESTS, 7)), 404: len(range(0, REQUESTS, 7))}
-        # unidentified and exempt requests are not metered
-        assert requests.get(url + "/api/v1/items/1", timeout=10).status_code == 200
-        assert requests.get(url + "/health", headers={"X-Customer-Id": "cus_alpha"}, timeout=10).status_code == 200
+        # unauthenticated and exempt requests are not metered
+        assert requests.get(url + "/api/v1/items/1", timeout=10).status_code == 401
+        assert requests.get(url + "/health", headers={"X-Api-Key": "key_alice"}, timeout=10).status_code == 200
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -87,6 +87,6 @@ def test_gunicorn_delivers_exactly_one_event_per_request(dodo_server: LocalDodoS
     assert len(events) == REQUESTS, output.decode(errors="replace")
     assert len({e["event_id"] for e in events}) == REQUESTS
     per_customer = Counter(e["customer_id"] for e in events)
-    assert per_customer == {c: REQUESTS // len(CUSTOMERS) for c in CUSTOMERS}
+    assert per_customer == {c: REQUESTS // len(KEYS) for c in KEYS.values()}
     assert {e["metadata"]["endpoint"] for e in events} == {"/api/v1/items/<int:item_id>"}
     assert Counter(e["metadata"]["status_code"] for e in events)[404] == len(range(0, REQUESTS, 7))

@@ -37,21 +37,22 @@ def test_the_wsgi_example_meters_items_with_templates_and_skips_health(
         thread.start()
         base = f"http://127.0.0.1:{server.server_port}"
         try:
-            assert requests.get(base + "/api/v1/items/42", headers={"X-Customer-Id": "cus_1"}, timeout=5).json() == {
-                "id": 42
-            }
-            requests.get(base + "/api/v1/items/7", headers={"X-Customer-Id": "cus_2"}, timeout=5)
-            requests.get(base + "/nope", headers={"X-Customer-Id": "cus_1"}, timeout=5)
-            requests.get(base + "/health", headers={"X-Customer-Id": "cus_1"}, timeout=5)  # excluded
-            requests.get(base + "/api/v1/items/9", timeout=5)  # no customer: not billed
+            alice, bob = {"X-Api-Key": "key_alice"}, {"X-Api-Key": "key_bob"}
+            assert requests.get(base + "/api/v1/items/42", headers=alice, timeout=5).json() == {"id": 42}
+            requests.get(base + "/api/v1/items/7", headers=bob, timeout=5)
+            requests.get(base + "/nope", headers=alice, timeout=5)
+            requests.get(base + "/health", headers=alice, timeout=5)  # excluded
+            unauthenticated = requests.get(base + "/api/v1/items/9", timeout=5)  # no customer: not billed
+            forged = requests.get(base + "/api/v1/items/9", headers={"X-Customer-Id": "cus_bob"}, timeout=5)
+            assert unauthenticated.status_code == forged.status_code == 401
         finally:
             server.shutdown()
             thread.join(5)
     assert example.application.flush(timeout=10)
     events = sorted(dodo_server.events(), key=lambda e: (e["customer_id"], e["metadata"]["endpoint"]))
     assert [(e["customer_id"], e["metadata"]["endpoint"], e["metadata"]["status_code"]) for e in events] == [
-        ("cus_1", "/api/v1/items/{id}", 200),
-        ("cus_1", "<unmatched>", 404),
-        ("cus_2", "/api/v1/items/{id}", 200),
+        ("cus_alice", "/api/v1/items/{id}", 200),
+        ("cus_alice", "<unmatched>", 404),
+        ("cus_bob", "/api/v1/items/{id}", 200),
     ]
-    assert example.application.ingestion.stats().skipped == {"filtered": 1, "no_customer": 1}
+    assert example.application.ingestion.stats().skipped == {"filtered": 1, "no_customer": 2}

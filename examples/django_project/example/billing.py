@@ -13,5 +13,6 @@ API_KEYS = {
 
 
 def customer_for(request: HttpRequest, response: Any) -> str | None:
-    """``DODO_INGEST_CUSTOMER_ID``: the customer of the ``X-Api-Key`` header; None means not billed."""
+    """``DODO_INGEST_CUSTOMER_RESOLVER``: the customer of the ``X-Api-Key`` header (looked up here, on the server:
+    never a customer id the client names); None means not billed."""
     return API_KEYS.get(request.headers.get("X-Api-Key", ""))

@@ -35,7 +35,7 @@ REST_FRAMEWORK = {
 # --- dodo-ingest ---------------------------------------------------------------------------------------
 DODO_INGEST_API_KEY = os.environ.get("DODO_PAYMENTS_API_KEY")
 DODO_INGEST_ENVIRONMENT = os.environ.get("DODO_INGEST_ENVIRONMENT", "test_mode")
-DODO_INGEST_CUSTOMER_ID = "example.billing.customer_for"  # (request, response) -> "cus_..." | None
+DODO_INGEST_CUSTOMER_RESOLVER = "example.billing.customer_for"  # (request, response) -> "cus_..." | None
 DODO_INGEST_EXCLUDE_PATHS = [r"/admin/.*", "/healthz"]
 DODO_INGEST_FLUSH_INTERVAL = float(os.environ.get("DODO_INGEST_FLUSH_INTERVAL", "5"))
 
