@@ -139,6 +139,7 @@ class LLMTracker:
     def __init__(self, ingestion: Ingestion, event_name: str | None = None) -> None:
         self.ingestion = ingestion
         self.event_name = event_name or ingestion.config.event_name
+        self.warned: set[str] = set()  # warnings already logged by this tracker's wrappers (each one once)
 
     def __repr__(self) -> str:
         return f"<LLMTracker event_name={self.event_name!r} {self.ingestion!r}>"

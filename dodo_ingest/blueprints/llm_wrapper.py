@@ -51,13 +51,12 @@ T = TypeVar("T")
 _PLAIN = (str, bytes, bytearray, int, float, complex, bool, type(None), list, tuple, dict, set, frozenset)
 #: Calls (by attribute path) whose streams carry usage only when ``stream_options.include_usage`` asks for it.
 _USAGE_OPT_IN = ("completions.create", "completions.stream")
-_warned: set[str] = set()
 
 
-def _warn_once(key: str, message: str, *args: Any) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        logger.warning(message, *args)
+def _warn_once(tracker: LLMTracker, key: str, message: str) -> None:
+    if key not in tracker.warned:
+        tracker.warned.add(key)
+        logger.warning(message)
 
 
 class _Meter:
@@ -289,6 +288,7 @@ class _StreamUsage:
             self._meter.record(usage)
         elif self.observed:
             _warn_once(
+                self._meter.tracker,
                 "no-stream-usage",
                 "dodo-ingest: a streamed LLM response ended without usage, so it was not metered. For OpenAI chat "
                 "completions pass stream_options={'include_usage': True} (the wrapper does this itself for the "
