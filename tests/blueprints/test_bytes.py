@@ -243,6 +243,7 @@ def django_views(settings: Settings, ingestion: Ingestion) -> Iterator[None]:
     django_app.INGESTION.clear()
 
 
+@pytest.mark.django_db  # closing a response sends request_finished, whose handler checks the connection
 @pytest.mark.usefixtures("django_views")
 def test_django_streaming_response_and_upload(dodo_server: LocalDodoServer, ingestion: Ingestion) -> None:
     from django.test import Client
