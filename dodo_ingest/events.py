@@ -91,12 +91,12 @@ def format_timestamp(epoch: float) -> str:
     The ``YYYY-MM-DDTHH:MM:SS`` part is cached per second: this runs once per event on the flush thread.
     """
     global _second_prefix
-    second = math.floor(epoch)
+    second, millis = divmod(round(epoch * 1000), 1000)  # rounded: .123 s is often 0.12299999 as a float
     cached_second, prefix = _second_prefix
     if second != cached_second:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _second_prefix = (second, prefix)
-    return f"{prefix}.{min(int((epoch - second) * 1000), 999):03d}Z"
+    return f"{prefix}.{millis:03d}Z"
 
 
 _RFC3339 = re.compile(r"(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d:\d\d)(?:\.(\d+))?([Zz]|[+-]\d\d:\d\d)?")

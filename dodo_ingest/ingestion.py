@@ -159,6 +159,23 @@ class Ingestion:
         self._sync.close()
         return done
 
+    def track(
+        self,
+        customer_id: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        event_name: str | None = None,
+        event_id: str | None = None,
+    ) -> bool:
+        """Queue one event on the shared batcher: the JavaScript ``ingestion.track({customerId, metadata})``.
+
+        Checked here (raises :class:`ValidationError` naming the field), then sent in the background, batched
+        with every other event of this Ingestion and retried with the same id, where the JavaScript version
+        sends one request per event. Returns whether it was queued (see :meth:`stats`); :meth:`flush` waits.
+        """
+        event = self.event(customer_id, metadata, event_name=event_name, event_id=event_id)
+        return self.batcher.add(event.customer_id, event.metadata, event_name=event.event_name, event_id=event_id)
+
 
 def track_api_call(
     ingestion: Ingestion,

@@ -22,7 +22,8 @@ POOL_SIZE = 4
 
 
 class SyncSender:
-    """Delivers events in the calling thread with the shared policy, within ``config.sync_timeout``."""
+    """Delivers events in the calling thread with the shared policy, within ``sync_timeout`` (and
+    ``max_retry_time``, if that is shorter)."""
 
     def __init__(
         self,
@@ -42,14 +43,15 @@ class SyncSender:
     def send(self, events: list[Pending]) -> list[Dropped]:
         """Deliver up to 1000 events now; return what was dropped (all accounted for in the counters)."""
         transport = self._borrow()
+        budget = min(self.config.sync_timeout, self.config.max_retry_time)
         try:
             deliverer = Deliverer(
                 self.config,
                 transport,
                 self.counters,
-                Budget(self.config.sync_timeout),
+                Budget(budget),
                 self.log,
-                budget=self.config.sync_timeout,
+                budget=budget,
                 deadline_reason="retries_exhausted",
             )
             return deliverer.deliver(events)
