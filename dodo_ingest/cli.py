@@ -51,14 +51,15 @@ def main(argv: list[str] | None = None) -> int:
 def _check() -> int:
     from dodo_ingest.config import Config
     from dodo_ingest.errors import ConfigurationError
-    from dodo_ingest.transport import check_connection
+    from dodo_ingest.transport import check_health
 
     try:
         config = Config.load()
     except ConfigurationError as exc:
         print(f"configuration: {exc}", file=sys.stderr)
         return 1
-    ok, verdict = check_connection(config)
+    health = check_health(config)
+    ok, verdict = health.healthy, health.message
     print(("OK: " if ok else "FAILED: ") + verdict)
     return 0 if ok else 1
 

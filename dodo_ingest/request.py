@@ -109,6 +109,14 @@ def request_bytes(content_length: Any, chunked: bool) -> int | None:
     return None if chunked else 0
 
 
+def request_path(environ: Mapping[str, Any]) -> str:
+    """The request path within the app (``PATH_INFO`` of a WSGI environ), decoded as UTF-8 like frameworks do."""
+    path: str = environ.get("PATH_INFO") or "/"
+    if not path.isascii():  # PEP 3333 hands the path over as latin-1-decoded bytes
+        path = path.encode("latin-1", "replace").decode("utf-8", "replace")
+    return path
+
+
 def chunk_size(chunk: Any) -> int | None:
     """Bytes in one chunk of a body (bytes, bytearray, memoryview, str); None if it has no size we can tell."""
     if type(chunk) is bytes:
@@ -224,6 +232,32 @@ class Meter:
         except Exception:
             self.internal_error()
             return None
+
+    def begin_cgi(self, meta: MutableMapping[str, Any], method: str, path: str) -> MeteredRequest | None:
+        """:meth:`begin` for a request described by CGI variables (a WSGI environ, Django's ``request.META``):
+        they also give the request's size, whether it is a CORS preflight, and the client's address and agent
+        (kept only if the personal-data settings say so). Never raises."""
+        try:
+            metered = self.begin(
+                meta, method, path, preflight=method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in meta
+            )
+            if metered is not None:
+                metered.request_bytes = request_bytes(meta.get("CONTENT_LENGTH"), "HTTP_TRANSFER_ENCODING" in meta)
+                metered.client_ip = meta.get("REMOTE_ADDR")
+                metered.user_agent = meta.get("HTTP_USER_AGENT")
+            return metered
+        except Exception:
+            self.internal_error()
+            return None
+
+    def begin_environ(self, environ: MutableMapping[str, Any]) -> MeteredRequest | None:
+        """:meth:`begin_cgi` for a WSGI environ (the WSGI middleware's and the Flask extension's way in)."""
+        try:
+            path = request_path(environ)
+        except Exception:
+            self.internal_error()
+            return None
+        return self.begin_cgi(environ, environ.get("REQUEST_METHOD") or "GET", path)
 
     def hook_failed(self, hook: Any) -> None:
         """A user hook raised: log it (rate-limited, with the traceback) and count it; the request goes on."""

@@ -195,27 +195,53 @@ def parse_retry_after(
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
-def check_connection(config: Config) -> tuple[bool, str]:
-    """Check credentials and connectivity with one read-only request (``GET /events?page_size=1``).
+@dataclass(frozen=True)
+class HealthCheck:
+    """The verdict of a health check; truthy when healthy.
 
-    Returns ``(ok, verdict)`` where the verdict is a sentence for a person; never raises, never sends an event.
+    ``reason`` is ``"ok"``, ``"rate_limited"`` (reachable, key not rejected, 429: still healthy),
+    ``"unauthorized"`` (401/403: wrong, revoked, or the other environment's key), ``"unavailable"`` (5xx),
+    ``"unreachable"`` (network error or timeout) or ``"error"`` (any other answer, e.g. 404 for a wrong base URL).
     """
-    url = config.host + "/events"
+
+    healthy: bool
+    reason: str
+    message: str
+    status_code: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.healthy
+
+
+def check_health(config: Config, timeout: float | None = None) -> HealthCheck:
+    """One read-only request (``GET /events?page_size=1``) with the configured key; never raises, sends nothing."""
+    seconds = config.request_timeout if timeout is None else timeout
     try:
         response = requests.get(
-            url,
+            config.host + "/events",
             params={"page_size": 1},
             auth=_BearerAuth(config.api_key or ""),
-            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-            timeout=(min(config.request_timeout, 5.0), config.request_timeout),
+            headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+            timeout=(min(seconds, 5.0), seconds),
+            verify=True,
         )
     except requests.RequestException as exc:
-        return False, f"cannot reach {config.host}: {type(exc).__name__}. Check base_url / the network."
-    if response.status_code in (401, 403):
-        return False, (
-            f"{config.host} rejected the API key (HTTP {response.status_code}): check that it "
-            f"belongs to {config.environment} and has not been revoked."
+        return HealthCheck(False, "unreachable", f"cannot reach {config.host}: {type(exc).__name__}")
+    status = response.status_code
+    if 200 <= status < 300:
+        return HealthCheck(
+            True, "ok", f"connected to {config.host} ({config.environment}); the API key was accepted", status
         )
-    if not response.ok:
-        return False, f"{config.host} answered {_error_message(response)}."
-    return True, f"connected to {config.host} ({config.environment}); the API key was accepted."
+    if status == 429:
+        return HealthCheck(True, "rate_limited", f"{config.host} is rate limiting this key (HTTP 429)", status)
+    if status in (401, 403):
+        return HealthCheck(
+            False,
+            "unauthorized",
+            f"{config.host} rejected the API key (HTTP {status}): check that it belongs to "
+            f"{config.environment} and has not been revoked",
+            status,
+        )
+    if status >= 500:
+        return HealthCheck(False, "unavailable", f"{config.host} answered HTTP {status}", status)
+    return HealthCheck(False, "error", f"{config.host} answered HTTP {status}; check base_url", status)

@@ -33,12 +33,12 @@ counted under ``stats().skipped["adapter_error"]``, and the response goes on unt
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from dodo_ingest.ingestion import Ingestion, adapter_ingestion
-from dodo_ingest.request import ADAPTER_KEY, CUSTOMER_KEY, Meter, MeteredRequest, request_bytes
+from dodo_ingest.request import ADAPTER_KEY, CUSTOMER_KEY, Meter, MeteredRequest, request_path
 from dodo_ingest.routes import RouteResolver, default_route_resolver
 
 if TYPE_CHECKING:
@@ -58,36 +58,6 @@ def set_customer(environ: WSGIEnvironment | dict[str, Any], customer_id: str) ->
     over it. Take it from your authentication, never from a header the client chose.
     """
     environ[CUSTOMER_KEY] = customer_id
-
-
-def request_path(environ: Mapping[str, Any]) -> str:
-    """The request path within the app (``PATH_INFO``), decoded as UTF-8 like frameworks do."""
-    path: str = environ.get("PATH_INFO") or "/"
-    if not path.isascii():  # PEP 3333 hands the path over as latin-1-decoded bytes
-        path = path.encode("latin-1", "replace").decode("utf-8", "replace")
-    return path
-
-
-def is_preflight(method: str, environ: Mapping[str, Any]) -> bool:
-    """A CORS preflight: ``OPTIONS`` with ``Access-Control-Request-Method``."""
-    return method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
-
-
-def begin_environ(meter: Meter, environ: dict[str, Any], started: float | None = None) -> MeteredRequest | None:
-    """:meth:`Meter.begin` for a WSGI environ (also what the Flask extension uses); never raises."""
-    try:
-        method = environ.get("REQUEST_METHOD") or "GET"
-        metered = meter.begin(
-            environ, method, request_path(environ), preflight=is_preflight(method, environ), started=started
-        )
-        if metered is not None:
-            metered.request_bytes = request_bytes(environ.get("CONTENT_LENGTH"), "HTTP_TRANSFER_ENCODING" in environ)
-            metered.client_ip = environ.get("REMOTE_ADDR")
-            metered.user_agent = environ.get("HTTP_USER_AGENT")
-        return metered
-    except Exception:
-        meter.internal_error()
-        return None
 
 
 class DodoIngestMiddleware:
@@ -118,7 +88,7 @@ class DodoIngestMiddleware:
         return f"<DodoIngestMiddleware {self.app!r} via {self.ingestion!r}>"
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        metered = begin_environ(self.meter, environ)
+        metered = self.meter.begin_environ(environ)
         if metered is None:
             return self.app(environ, start_response)
         response = _MeteredResponse(self, metered, environ, start_response)

@@ -35,7 +35,7 @@ from django.http import HttpRequest
 from django.utils.functional import LazyObject, empty
 
 from dodo_ingest.errors import ConfigurationError
-from dodo_ingest.request import CUSTOMER_KEY, MeteredRequest, acounted, counted, request_bytes
+from dodo_ingest.request import CUSTOMER_KEY, MeteredRequest, acounted, counted
 from dodo_ingest_django.conf import conf
 from dodo_ingest_django.routes import resolve_route, route_of
 
@@ -118,21 +118,10 @@ def _begin(request: HttpRequest) -> MeteredRequest | None:
     except Exception:
         logger.exception("dodo-ingest could not start metering a request; it is not metered")
         return None
-    try:
-        meta = request.META
-        method = request.method or "GET"
-        preflight = method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in meta
-        metered = meter.begin(meta, method, request.path_info, preflight=preflight)
-        if metered is None:
-            return None
+    metered = meter.begin_cgi(request.META, request.method or "GET", request.path_info)
+    if metered is not None:
         request.__dict__[STATE_ATTR] = metered
-        metered.request_bytes = request_bytes(meta.get("CONTENT_LENGTH"), "HTTP_TRANSFER_ENCODING" in meta)
-        metered.client_ip = meta.get("REMOTE_ADDR")
-        metered.user_agent = meta.get("HTTP_USER_AGENT")
-        return metered
-    except Exception:
-        meter.internal_error()
-        return None
+    return metered
 
 
 def _respond(metered: MeteredRequest, request: HttpRequest, response: Any, default: Callable[[], Any] | None) -> None:

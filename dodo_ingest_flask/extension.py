@@ -44,7 +44,6 @@ from dodo_ingest.errors import ConfigurationError
 from dodo_ingest.ingestion import Ingestion, adapter_ingestion
 from dodo_ingest.request import ADAPTER_KEY, CUSTOMER_KEY, DECLINED, Meter, MeteredRequest, counted
 from dodo_ingest.stats import Stats
-from dodo_ingest.wsgi import begin_environ
 
 __all__ = ["EXTENSION_KEY", "DodoIngest", "ViewOptions", "exempt", "meter", "set_customer"]
 
@@ -248,7 +247,7 @@ class _AppMeter:
             environ[ADAPTER_KEY] = DECLINED  # the innermost adapter decides, even when it decides not to meter
             self.meter.batcher.counters.skip("filtered")
             return None
-        metered = begin_environ(self.meter, environ)
+        metered = self.meter.begin_environ(environ)
         if metered is None:
             return None
         metered.route = rule.rule if rule is not None else None

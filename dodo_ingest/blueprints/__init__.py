@@ -24,12 +24,13 @@ Python additions: :func:`measure_time_range` (a ``with`` block or decorator that
 WSGI, Flask and Django views), :func:`count_bytes`, and health checks that tell a rejected key from a healthy one.
 """
 
-from dodo_ingest.blueprints.client import DodoClient, HealthCheck, check_health
+from dodo_ingest.blueprints.client import DodoClient
 from dodo_ingest.blueprints.counting import CountingAsyncIterator, CountingIterator, CountingReader, count_bytes
 from dodo_ingest.blueprints.llm import LLMTracker, TokenUsage, create_llm_tracker, extract_usage, wrap_llm_client
 from dodo_ingest.blueprints.object_storage import MeteredUpload, meter_upload, track_object_storage
 from dodo_ingest.blueprints.stream import meter_stream, track_stream_bytes
 from dodo_ingest.blueprints.time_range import TimeRange, measure_time_range, track_time_range
+from dodo_ingest.transport import HealthCheck, check_health
 
 __all__ = [
     "CountingAsyncIterator",

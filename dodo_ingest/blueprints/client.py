@@ -8,84 +8,16 @@ says why not otherwise.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import requests
-from requests.auth import AuthBase
-
 from dodo_ingest._version import __version__
-from dodo_ingest.config import Config
 from dodo_ingest.errors import ValidationError
 from dodo_ingest.events import Event
 from dodo_ingest.ingestion import Ingestion
+from dodo_ingest.transport import HealthCheck, check_health
 
 _EVENT_FIELDS = ("event_id", "customer_id", "event_name", "timestamp", "metadata")
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    """The verdict of a health check; truthy when healthy.
-
-    ``reason`` is ``"ok"``, ``"rate_limited"`` (reachable, key not rejected, 429: still healthy),
-    ``"unauthorized"`` (401/403: wrong, revoked, or the other environment's key), ``"unavailable"`` (5xx),
-    ``"unreachable"`` (network error or timeout) or ``"error"`` (any other answer, e.g. 404 for a wrong base URL).
-    """
-
-    healthy: bool
-    reason: str
-    message: str
-    status_code: int | None = None
-
-    def __bool__(self) -> bool:
-        return self.healthy
-
-
-class _Bearer(AuthBase):
-    """Bearer auth that ``~/.netrc`` cannot replace; its repr hides the key."""
-
-    def __init__(self, key: str) -> None:
-        self._header = f"Bearer {key}"
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = self._header
-        return request
-
-    def __repr__(self) -> str:
-        return "<Bearer ***>"
-
-
-def check_health(config: Config, timeout: float | None = None) -> HealthCheck:
-    """One read-only request (``GET /events?page_size=1``) with the configured key; never raises, sends nothing."""
-    seconds = config.request_timeout if timeout is None else timeout
-    try:
-        response = requests.get(
-            config.host + "/events",
-            params={"page_size": 1},
-            auth=_Bearer(config.api_key or ""),
-            headers={"Accept": "application/json", "User-Agent": f"dodo-ingest-python/{__version__}"},
-            timeout=(min(seconds, 5.0), seconds),
-            verify=True,
-        )
-    except requests.RequestException as exc:
-        return HealthCheck(False, "unreachable", f"cannot reach {config.host}: {type(exc).__name__}")
-    status = response.status_code
-    if 200 <= status < 300:
-        return HealthCheck(True, "ok", f"{config.host} accepted the key ({config.environment})", status)
-    if status == 429:
-        return HealthCheck(True, "rate_limited", f"{config.host} is rate limiting this key (HTTP 429)", status)
-    if status in (401, 403):
-        return HealthCheck(
-            False,
-            "unauthorized",
-            f"{config.host} rejected the API key (HTTP {status}): check that it belongs to "
-            f"{config.environment} and has not been revoked",
-            status,
-        )
-    if status >= 500:
-        return HealthCheck(False, "unavailable", f"{config.host} answered HTTP {status}", status)
-    return HealthCheck(False, "error", f"{config.host} answered HTTP {status}; check base_url", status)
 
 
 def _event(index: int, item: Event | Mapping[str, Any]) -> Event:

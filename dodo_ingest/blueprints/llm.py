@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from dodo_ingest.blueprints._values import js_number
-from dodo_ingest.blueprints.client import HealthCheck, check_health
 from dodo_ingest.errors import ConfigurationError
 from dodo_ingest.ingestion import Ingestion
+from dodo_ingest.transport import HealthCheck, check_health
 
 T = TypeVar("T")
 

@@ -456,7 +456,7 @@ def test_failing_customer_hook_never_breaks_the_response(captured: CapturedEvent
     assert dodo.stats().hook_errors == 1
 
 
-@pytest.mark.parametrize("target", ["dodo_ingest.wsgi.request_bytes", "dodo_ingest.wsgi.request_path"])
+@pytest.mark.parametrize("target", ["dodo_ingest.request.request_bytes", "dodo_ingest.request.request_path"])
 def test_internal_failure_never_breaks_the_response(
     captured: CapturedEvents, monkeypatch: pytest.MonkeyPatch, target: str
 ) -> None:

@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from dodo_ingest.config import mask_key
 from dodo_ingest.errors import ConfigurationError
-from dodo_ingest.transport import check_connection
+from dodo_ingest.transport import check_health
 from dodo_ingest_django.checks import check_middleware, check_settings
 from dodo_ingest_django.conf import load_config
 
@@ -65,7 +65,8 @@ class Command(BaseCommand):
                 )
             )
             return
-        ok, verdict = check_connection(config)
+        health = check_health(config)
+        ok, verdict = health.healthy, health.message
         if not ok:
             raise CommandError(f"FAILED: {verdict}", returncode=1)
         self.stdout.write(self.style.SUCCESS(f"OK: {verdict}"))
