@@ -34,7 +34,7 @@ from dodo_ingest.delivery import Budget, Deliverer, Pending, record_drop
 from dodo_ingest.errors import ValidationError
 from dodo_ingest.events import (
     Event,
-    check_identifier,
+    check_identifiers,
     clean_metadata,
     describe,
     encode_event,
@@ -87,14 +87,7 @@ def build_event(item: Queued, counters: Counters) -> tuple[str, str, str, str, d
     Raises :class:`ValidationError` to drop it. The event id is fixed here, once; retries reuse the JSON.
     """
     customer_id, event_name, event_id = item.customer_id, item.event_name, item.event_id
-    for name, value in (("customer_id", customer_id), ("event_name", event_name)):
-        problem = check_identifier(name, value)
-        if problem:
-            raise ValidationError(name, problem)
-    if event_id is not None:
-        problem = check_identifier("event_id", event_id)
-        if problem:
-            raise ValidationError("event_id", problem)
+    check_identifiers(customer_id, event_name, event_id)
     metadata = item.metadata
     if isinstance(metadata, LazyMetadata):
         metadata = metadata.build()

@@ -180,6 +180,16 @@ def check_identifier(name: str, value: Any) -> str | None:
     return None
 
 
+def check_identifiers(customer_id: Any, event_name: Any, event_id: Any) -> None:
+    """Raise :class:`ValidationError` naming the first bad one of an event's ids (``event_id`` may be None)."""
+    for name, value in (("customer_id", customer_id), ("event_name", event_name), ("event_id", event_id)):
+        if value is None and name == "event_id":
+            continue
+        problem = check_identifier(name, value)
+        if problem:
+            raise ValidationError(name, problem)
+
+
 def clean_metadata(metadata: Any, *, strict: bool) -> tuple[dict[str, MetadataValue], int]:
     """Validate metadata; return a clean copy and the number of repairs made (lenient policy only).
 
@@ -305,14 +315,7 @@ class Event:
         timestamp: datetime | str | float | None = None,
     ) -> Event:
         """Build and validate an event (strict policy): raises :class:`ValidationError` naming the field."""
-        for name, value in (("customer_id", customer_id), ("event_name", event_name)):
-            problem = check_identifier(name, value)
-            if problem:
-                raise ValidationError(name, problem)
-        if event_id is not None:
-            problem = check_identifier("event_id", event_id)
-            if problem:
-                raise ValidationError("event_id", problem)
+        check_identifiers(customer_id, event_name, event_id)
         clean, _ = clean_metadata(metadata, strict=True)
         created, stamp = _timestamp_from(timestamp)
         return cls(event_id or new_event_id(), customer_id, event_name, stamp, clean, created)
