@@ -5,7 +5,7 @@
 >>> dodo.init_app(app)           # or DodoIngest(app, customer_resolver=lambda request, response: ...)
 
 Per request: ``g.dodo_customer_id = "cus_..."`` (the default customer) or :func:`set_customer`;
-per view: :func:`exempt` and :func:`meter`. See :mod:`dodo_ingest_flask.extension` for how a request
+per view: :func:`exempt` and :func:`meter` (a blueprint: ``dodo.exempt(bp)``). See :mod:`dodo_ingest_flask.extension` for how a request
 becomes exactly one event.
 """
 
