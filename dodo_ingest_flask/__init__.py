@@ -5,8 +5,8 @@
 >>> dodo.init_app(app)           # or DodoIngest(app, customer_resolver=lambda request, response: ...)
 
 Per request: ``g.dodo_customer_id = "cus_..."`` (the default customer) or :func:`set_customer`;
-per view: :func:`exempt` and :func:`meter` (a blueprint: ``dodo.exempt(bp)``). See :mod:`dodo_ingest_flask.extension` for how a request
-becomes exactly one event.
+per view: :func:`exempt` and :func:`meter` (a blueprint: ``dodo.exempt(bp)``). See
+:mod:`dodo_ingest_flask.extension` for how a request becomes exactly one event.
 """
 
 from dodo_ingest.request import annotate
