@@ -421,3 +421,42 @@ def test_lone_surrogates_and_repeated_ids_are_caught_before_sending(
     assert stats.dropped == {"invalid": 2, "duplicate_id": 1}
     assert stats.repaired == 1 and stats.sent == 22
     assert {e["metadata"].get("name") for e in dodo_server.events()} >= {"caf?"}
+
+
+def test_a_certificate_error_is_called_a_configuration_problem_at_once(
+    tmp_path: Any, make_ingestion: Callable[..., Ingestion], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Item 24: a self-signed certificate was retried for 600 s like a network blip, silently."""
+    import http.server
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        batch = make_ingestion(base_url=f"https://127.0.0.1:{server.server_address[1]}").create_batch(
+            flush_interval=600
+        )
+        batch.add("cus_1", {})
+        with caplog.at_level(logging.ERROR, logger="dodo_ingest"):
+            assert batch.flush(timeout=0.5) is False  # still retried: the events are kept
+            assert wait_until(lambda: "configuration problem" in caplog.text)
+        assert "certificate verify failed" in caplog.text
+        assert "TLS" in (batch.stats().last_error or "")
+        assert batch.shutdown(timeout=0.1) is False
+    finally:
+        server.shutdown()
+        server.server_close()
