@@ -422,8 +422,9 @@ class Batcher:
     # --- the flush thread's waits (the Waiter of its Deliverer) -------------------------------------------
 
     def wait(self, seconds: float, mandated: bool) -> bool:
-        """Wait before a retry. ``flush()`` cuts our own backoff short (not a wait the server asked for); near
-        the shutdown deadline, answer False at the last moment that still leaves time for one more attempt."""
+        """Wait before a retry. ``flush()`` and the start of a shutdown cut our own backoff short (not a wait the
+        server asked for); near the shutdown deadline, answer False at the last moment that still leaves time for
+        one more attempt."""
         end = time.monotonic() + seconds
         flushes = self._flushes
         while True:
@@ -496,6 +497,7 @@ class Batcher:
             self._closed = True
             self._deadline = deadline
             self._shutdown_drops_before = self.counters.dropped.get("shutdown", 0)
+            self._flushes += 1  # a shutdown is also a flush: it cuts our own backoff short
         self._wake.set()
         self._interrupt.set()
 

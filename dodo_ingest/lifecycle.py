@@ -4,8 +4,8 @@
   fork in C without running Python's at-fork hooks, so ownership is decided by comparing ``os.getpid()``
   with the pid that built a piece of state, never by hooks alone. :func:`fork_guard` gives the code that
   rebuilds such state a lock that cannot have been inherited in a locked state.
-* **Ordinary stops drain.** ``atexit`` covers a normal exit; multiprocessing children (which leave through
-  ``os._exit``) get a finalizer. SIGTERM is the other ordinary stop, and servers treat it differently:
+* **Ordinary stops drain.** ``atexit`` covers a normal exit (after non-daemon threads have finished, so their
+  events are in); multiprocessing children (which leave through ``os._exit``) get a finalizer. SIGTERM is the other ordinary stop, and servers treat it differently:
   gunicorn's workers exit normally (atexit runs), uvicorn re-raises it with the default handler once it has
   stopped gracefully, waitress and ``multiprocessing.Pool.terminate()`` leave the default handler in place.
   So a SIGTERM handler is installed that **chains** whatever was there:
@@ -103,8 +103,25 @@ def drain_all(timeout: float | None = None) -> None:
 
 
 def _drain_before_exit() -> None:
+    _resolve_without_threads()
     drain_all()
     _release_held_signal()
+
+
+def _resolve_without_threads() -> None:
+    """At interpreter exit no thread can start (Python >= 3.12), but gevent (gunicorn's gevent workers) resolves
+    host names in a thread pool: switch its hub to gevent's blocking resolver for the drain."""
+    gevent = sys.modules.get("gevent")
+    if gevent is None:
+        return
+    try:
+        from gevent.resolver.blocking import Resolver
+
+        hub = gevent.get_hub()
+        if not isinstance(hub.resolver, Resolver):
+            hub.resolver = Resolver(hub=hub)
+    except Exception:  # pragma: no cover - another gevent: the drain tries anyway
+        logger.debug("dodo-ingest could not switch gevent to its blocking resolver", exc_info=True)
 
 
 # --- SIGTERM -----------------------------------------------------------------------------------------------
