@@ -5,9 +5,10 @@
   with the pid that built a piece of state, never by hooks alone. :func:`fork_guard` gives the code that
   rebuilds such state a lock that cannot have been inherited in a locked state.
 * **Ordinary stops drain.** ``atexit`` covers a normal exit (after non-daemon threads have finished, so their
-  events are in); multiprocessing children (which leave through ``os._exit``) get a finalizer. SIGTERM is the other ordinary stop, and servers treat it differently:
-  gunicorn's workers exit normally (atexit runs), uvicorn re-raises it with the default handler once it has
-  stopped gracefully, waitress and ``multiprocessing.Pool.terminate()`` leave the default handler in place.
+  events are in); multiprocessing children (which leave through ``os._exit``) get a finalizer. SIGTERM is the
+  other ordinary stop, and servers treat it differently: gunicorn's workers exit normally (atexit runs),
+  uvicorn re-raises it with the default handler once it has stopped gracefully, waitress and
+  ``multiprocessing.Pool.terminate()`` leave the default handler in place.
   So a SIGTERM handler is installed that **chains** whatever was there:
 
   - the host had its own handler: it runs first, unchanged. If it later re-raises the signal with the
