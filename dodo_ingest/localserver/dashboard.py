@@ -41,9 +41,13 @@ STATIC_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".svg": "image/svg+xml",
 }
-_BUCKET_WIDTHS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
+_BUCKET_WIDTHS_MS = tuple(
+    int(seconds * 1000)
+    for seconds in (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
+)
 _MAX_BUCKETS = 60
 _US = 1_000_000
+_US_PER_MS = 1000
 
 
 def static_file(name: str) -> tuple[bytes, str] | None:
@@ -158,20 +162,20 @@ def _status_matches(status: int | None, wanted: str) -> bool:
 
 
 def _series(events: Sequence[Mapping[str, Any]], start_us: int | None, end_us: int) -> dict[str, Any]:
-    """Calls and errors per time bucket, buckets of a round width, at most ``_MAX_BUCKETS`` of them."""
+    """Calls and errors per time bucket: buckets of a round width (0.1 s to a day), at most ``_MAX_BUCKETS``."""
     if not events:
-        return {"bucket_seconds": 1, "buckets": []}
+        return {"bucket_seconds": 1.0, "buckets": []}
     first = start_us if start_us is not None else min(e["ts_us"] for e in events)
     last = max(e["ts_us"] for e in events)
     if start_us is not None:
         last = max(last, end_us)
-    span = max(1, math.ceil((last - first) / _US))
-    width = next((w for w in _BUCKET_WIDTHS if span / w <= _MAX_BUCKETS), _BUCKET_WIDTHS[-1])
-    origin = (first // _US) // width * width
-    count = int((last // _US) // width * width - origin) // width + 1
+    span_ms = max(1, math.ceil((last - first) / _US_PER_MS))
+    width = next((w for w in _BUCKET_WIDTHS_MS if span_ms / w <= _MAX_BUCKETS), _BUCKET_WIDTHS_MS[-1])
+    origin = (first // _US_PER_MS) // width * width
+    count = int((last // _US_PER_MS) // width * width - origin) // width + 1
     calls, errors = [0] * count, [0] * count
     for event in events:
-        index = int((event["ts_us"] // _US - origin) // width)
+        index = int((event["ts_us"] // _US_PER_MS - origin) // width)
         if 0 <= index < count:
             calls[index] += 1
             status = _status(event["metadata"])
@@ -179,14 +183,14 @@ def _series(events: Sequence[Mapping[str, Any]], start_us: int | None, end_us: i
                 errors[index] += 1
     buckets = [
         {
-            "start": format_timestamp((origin + i * width) * _US),
-            "t": (origin + i * width) * 1000,
+            "start": format_timestamp((origin + i * width) * _US_PER_MS),
+            "t": origin + i * width,
             "calls": calls[i],
             "errors": errors[i],
         }
         for i in range(count)
     ]
-    return {"bucket_seconds": width, "buckets": buckets}
+    return {"bucket_seconds": width / 1000, "buckets": buckets}
 
 
 def build_dashboard(

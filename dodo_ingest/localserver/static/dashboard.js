@@ -15,7 +15,7 @@
   const fmtMs = (v) => (v === null || v === undefined ? "–" : Number(v).toFixed(1));
   const fmtValue = (v) => {
     if (v === null || v === undefined) return "–";
-    return Number.isInteger(v) ? fmtInt(v) : Number(v).toLocaleString("en-US", { maximumFractionDigits: 3 });
+    return Number.isInteger(v) ? fmtInt(v) : Number(v).toLocaleString("en-US", { maximumFractionDigits: 2 });
   };
   const statusClass = (s) => (typeof s === "number" ? (s >= 500 ? "s5" : s >= 400 ? "s4" : "") : "");
 
@@ -83,7 +83,7 @@
     const max = Math.max(1, ...buckets.map((b) => b.calls));
     const plotW = width - left - right, plotH = height - top - bottom;
     const step = buckets.length ? plotW / buckets.length : plotW;
-    const barW = Math.max(1, step * 0.8);
+    const barW = Math.max(1, Math.min(step * 0.8, 48));
     const nodes = [];
     const line = (x1, y1, x2, y2) => {
       const l = document.createElementNS(SVG, "line");
@@ -122,7 +122,7 @@
       g.append(tip);
       nodes.push(g);
     });
-    const label = (iso) => iso.slice(11, 19);
+    const label = (iso) => iso.slice(11, series.bucket_seconds < 1 ? 23 : 19);
     if (buckets.length) {
       nodes.push(text(left, height - 6, "start", label(buckets[0].start)));
       nodes.push(text(width - right, height - 6, "end", label(buckets[buckets.length - 1].start)));
@@ -171,7 +171,7 @@
     return part(filter);
   }
 
-  function renderMeters(meters) {
+  function renderMeters(meters, customers) {
     const box = $("meters");
     if (!meters.length) {
       box.replaceChildren(
@@ -179,39 +179,42 @@
       );
       return;
     }
+    // One row per customer (in the usage table's order), one column per meter: what each customer is billed.
+    const order = customers.map((c) => c.customer_id);
+    for (const m of meters) for (const c of m.customers) if (!order.includes(c.customer_id)) order.push(c.customer_id);
+    const byMeter = meters.map((m) => new Map(m.customers.map((c) => [c.customer_id, c])));
+    const none = (m) => (m.aggregation.type === "count" || m.aggregation.type === "sum" ? 0 : null);
+    const head = el(
+      "tr",
+      {},
+      el("th", {}, "customer"),
+      ...meters.map((m) => el("th", { class: "num", "data-meter": m.id, title: m.id }, m.name, el("br"), el("small", {}, m.measurement_unit)))
+    );
+    const rows = order.map((customer) =>
+      el(
+        "tr",
+        { "data-customer": customer },
+        el("td", { class: "wrap" }, customer),
+        ...meters.map((m, i) => {
+          const usage = byMeter[i].get(customer);
+          return el("td", { class: "num", "data-meter": m.id }, fmtValue(usage ? usage.value : none(m)));
+        })
+      )
+    );
+    const total = el(
+      "tr",
+      { class: "total" },
+      el("td", {}, "total"),
+      ...meters.map((m) => el("td", { class: "num", "data-meter": m.id }, fmtValue(m.total)))
+    );
+    const definitions = meters.map((m) => {
+      const agg = m.aggregation.type === "count" ? "count" : `${m.aggregation.type} of ${m.aggregation.key}`;
+      const where = m.filter ? ` where ${describeFilter(m.filter)}` : "";
+      return el("li", { "data-meter": m.id }, el("b", {}, m.name), `: ${agg} of "${m.event_name}" events${where} · `, el("code", {}, m.id));
+    });
     box.replaceChildren(
-      ...meters.map((m) => {
-        const agg = m.aggregation.type === "count" ? "count" : `${m.aggregation.type} of ${m.aggregation.key}`;
-        const how = `${agg} of "${m.event_name}" events` + (m.filter ? ` where ${describeFilter(m.filter)}` : "");
-        const total = m.total === null ? "" : `${fmtValue(m.total)} ${m.measurement_unit}`;
-        const table = el(
-          "table",
-          {},
-          el("thead", {}, el("tr", {}, el("th", {}, "customer"), el("th", { class: "num" }, "events"), el("th", { class: "num" }, m.measurement_unit))),
-          el(
-            "tbody",
-            {},
-            ...(m.customers.length
-              ? m.customers.map((c) =>
-                  el(
-                    "tr",
-                    { "data-customer": c.customer_id },
-                    el("td", { class: "wrap" }, c.customer_id),
-                    el("td", { class: "num" }, fmtInt(c.events)),
-                    el("td", { class: "num", "data-field": "value" }, fmtValue(c.value))
-                  )
-                )
-              : [el("tr", { class: "empty" }, el("td", { colSpan: 3 }, "no matching events"))])
-          )
-        );
-        return el(
-          "div",
-          { class: "meter", "data-meter": m.id },
-          el("h3", {}, el("span", {}, m.name), el("span", { class: "total", "data-field": "total" }, total)),
-          el("p", { class: "how" }, how, " · ", el("code", {}, m.id)),
-          table
-        );
-      })
+      el("div", { class: "scroll" }, el("table", { class: "matrix" }, el("thead", {}, head), el("tbody", {}, ...rows, total))),
+      el("ul", { class: "definitions" }, ...definitions)
     );
   }
 
@@ -285,7 +288,7 @@
     renderKpis(data);
     renderChart(data.series);
     renderCustomers(data.customers);
-    renderMeters(data.meters);
+    renderMeters(data.meters, data.customers);
     renderEndpoints(data.endpoints);
     renderLatest(data.latest);
     renderServer(data.server);
