@@ -88,6 +88,11 @@ class UsageIndex:
             return list(self._events)
 
     @property
+    def position(self) -> tuple[int, int]:
+        """(store generation, last ``seq`` read): equal positions mean the same events are held."""
+        return self._generation, self._last_seq
+
+    @property
     def truncated(self) -> bool:
         """Whether older events fell out of the index (the dashboard then shows the latest ``capacity``)."""
         return self._seen > len(self._events)
@@ -145,7 +150,7 @@ class _Group:
             "errors": errors,
             "client_errors": self.client_errors,
             "server_errors": self.server_errors,
-            "error_rate": round(errors / self.events, 4) if self.events else None,
+            "error_rate": errors / self.events if self.events else None,
             "p50_ms": _rounded(percentile(ordered, 0.50)),
             "p95_ms": _rounded(percentile(ordered, 0.95)),
             "p99_ms": _rounded(percentile(ordered, 0.99)),
@@ -233,7 +238,7 @@ def build_dashboard(
             endpoints.setdefault(key, _Group()).add(customer, status, latency)
 
     customer_rows = [
-        {"customer_id": customer, **group.summary(), "share": round(group.events / total.events, 4)}
+        {"customer_id": customer, **group.summary(), "share": group.events / total.events}
         for customer, group in sorted(customers.items(), key=lambda kv: (-kv[1].events, kv[0]))
     ]
     endpoint_rows = [

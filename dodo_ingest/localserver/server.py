@@ -918,6 +918,7 @@ class LocalDodoServer:
         self._responses: Counter[tuple[str, int]] = Counter()
         self._records_lock = threading.Lock()
         self._index = UsageIndex()
+        self._dashboard_cache: tuple[Any, float, dict[str, Any]] | None = None  # (key, computed at, payload)
         self._state_lock = threading.Lock()
         self._store: EventStore | None = None
         self._httpd: _HTTPServer | None = None
@@ -941,6 +942,7 @@ class LocalDodoServer:
             self.stopping = threading.Event()
             self._store, self._httpd = store, httpd
             self._index = UsageIndex()
+            self._dashboard_cache = None
             bound_port = httpd.server_address[1]
             # a wildcard address is not something to connect to: advertise loopback instead
             host = _LOOPBACK_FOR_WILDCARD.get(self.host, self.host)
@@ -1143,14 +1145,24 @@ class LocalDodoServer:
     def dashboard(self, range_name: str = "all", filters: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The dashboard's data (``GET /_local/dashboard``): see :func:`.dashboard.build_dashboard`."""
         events = self._index.refresh(self.store)
-        payload = build_dashboard(
-            events,
-            self.store.meters(archived=False),
-            now_us=int(self.clock() * 1_000_000),
-            range_name=range_name,
-            filters=filters,
-            latest_limit=25,
-        )
+        meters = self.store.meters(archived=False)
+        # An open dashboard on an idle server costs nothing: the same events, meters and view give the same
+        # answer (a time range moves with the clock, so it is recomputed at most once a second).
+        key = (self._index.position, json.dumps(meters, sort_keys=True), range_name, sorted((filters or {}).items()))
+        cached, now = self._dashboard_cache, time.monotonic()
+        if cached is not None and cached[0] == key and (range_name == "all" or now - cached[1] < 1.0):
+            payload = dict(cached[2])
+        else:
+            payload = build_dashboard(
+                events,
+                meters,
+                now_us=int(self.clock() * 1_000_000),
+                range_name=range_name,
+                filters=filters,
+                latest_limit=25,
+            )
+            self._dashboard_cache = (key, now, payload)
+            payload = dict(payload)
         payload["server"] = {
             "url": self._url,
             "event_count": self.event_count(),

@@ -69,7 +69,7 @@ EVENTS = [
 def test_totals_customers_and_endpoints() -> None:
     data = build_dashboard(EVENTS, [], now_us=NOW_US)
     assert data["totals"]["events"] == 7 and data["totals"]["customers"] == 3 and data["totals"]["endpoints"] == 2
-    assert (data["totals"]["errors"], data["totals"]["error_rate"]) == (2, round(2 / 7, 4))
+    assert (data["totals"]["errors"], data["totals"]["error_rate"]) == (2, pytest.approx(2 / 7))
     customers = {c["customer_id"]: c for c in data["customers"]}
     assert [c["customer_id"] for c in data["customers"]] == ["cus_a", "cus_b", "cus_c"]  # most events first
     assert (customers["cus_a"]["events"], customers["cus_a"]["client_errors"], customers["cus_a"]["server_errors"]) == (
@@ -77,7 +77,7 @@ def test_totals_customers_and_endpoints() -> None:
         1,
         1,
     )
-    assert customers["cus_a"]["share"] == round(4 / 7, 4)
+    assert customers["cus_a"]["share"] == pytest.approx(4 / 7)
     assert (customers["cus_a"]["p50_ms"], customers["cus_a"]["p95_ms"]) == (15.0, 25.0)  # nearest rank of 5,15,20,25
     assert customers["cus_c"]["p50_ms"] is None and customers["cus_c"]["error_rate"] == 0.0
     endpoints = {(e["method"], e["endpoint"]): e for e in data["endpoints"]}
@@ -197,6 +197,12 @@ def test_the_dashboard_data_follows_traffic(server: LocalDodoServer) -> None:
     assert first["totals"]["events"] == 3 and first["server"]["event_count"] == 3
     assert first["server"]["responses"] == {"POST /events/ingest": {"200": 1}}
     assert first["server"]["rate_limit"] is None and first["server"]["faults"] == []
+    again = requests.get(f"{server.url}/_local/dashboard", timeout=10).json()
+    assert again["totals"] == first["totals"] and again["meters"] == []
+    meter = {"name": "Calls", "event_name": "api_call", "measurement_unit": "calls", "aggregation": {"type": "count"}}
+    assert requests.post(f"{server.url}/meters", json=meter, headers=AUTH, timeout=10).status_code == 201
+    with_meter = requests.get(f"{server.url}/_local/dashboard", timeout=10).json()
+    assert [(m["name"], m["total"]) for m in with_meter["meters"]] == [("Calls", 3)]  # a new meter shows at once
     send(range(3, 8), "cus_b", 503)
     params = {"customer_id": "cus_b", "range": "15m"}
     second = requests.get(f"{server.url}/_local/dashboard", params=params, timeout=10).json()
