@@ -304,9 +304,9 @@ class _Handler(BaseHTTPRequestHandler):
         data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace")
         if self.command != "HEAD":
             data += body
-        self.wfile.write(data)
-        if self._route_label is not None:
+        if self._route_label is not None:  # counted before the client can see the answer
             self.app.count_response(self._route_label, status)
+        self.wfile.write(data)
         self.log_request(status, len(body))
 
     def _respond(self, status: int, payload: Any, headers: Iterable[tuple[str, str]] = ()) -> None:

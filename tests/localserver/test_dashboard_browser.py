@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from dodopayments import DodoPayments
 from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -84,18 +85,59 @@ def send(batch: Batcher, traffic: list[tuple[str, int, float]], endpoint: str = 
     assert batch.flush(timeout=10)
 
 
-def text_of(driver: WebDriver, css: str) -> str:
-    elements = driver.find_elements(By.CSS_SELECTOR, css)
-    return elements[0].text if elements else ""
+# The page redraws every second, so element handles go stale: read what is rendered in one script run (the page's
+# own script cannot redraw in between), as plain values; lists where order matters (objects may come back sorted).
+SNAPSHOT = """
+const q = (css) => Array.from(document.querySelectorAll(css));
+const text = (root, css) => { const n = root.querySelector(css); return n ? n.textContent : null; };
+const chart = document.getElementById("chart");
+return {
+  kpi: Object.fromEntries(q(".kpi .value").map((n) => [n.id, n.textContent])),
+  status: document.getElementById("status").textContent,
+  customers: q("#customers tr[data-customer]").map((r) =>
+    [r.dataset.customer, text(r, "[data-field=events]"), text(r, "[data-field=errors]")]),
+  chart: {
+    total: chart.getAttribute("data-total"),
+    buckets: q("#chart g.bucket").map((g) => [Number(g.dataset.calls), Number(g.dataset.errors)]),
+    bars: q("#chart rect.ok, #chart rect.err").map((r) => Number(r.getAttribute("height"))),
+  },
+  meters: {
+    headers: q("#meters th[data-meter]").map((th) => [th.dataset.meter, th.innerText]),
+    totals: q("#meters tr.total td[data-meter]").map((td) => [td.dataset.meter, td.textContent]),
+    cells: q("#meters tr[data-customer] td[data-meter]").map((td) =>
+      [td.parentElement.dataset.customer, td.dataset.meter, td.textContent]),
+    definitions: Object.fromEntries(q("#meters li[data-meter]").map((li) => [li.dataset.meter, li.textContent])),
+  },
+  endpoints: Object.fromEntries(q("#endpoints tr[data-endpoint]").map((r) =>
+    [r.dataset.endpoint, text(r, "[data-field=events]")])),
+  latest: q("#latest tbody tr[data-customer]").map((r) => [r.dataset.customer, text(r, "[data-field=status]")]),
+};
+"""
 
 
-def wait(driver: WebDriver, predicate: Callable[[WebDriver], Any], what: str) -> Any:
-    return WebDriverWait(driver, 20, poll_frequency=0.1).until(predicate, message=what)
+def snapshot(driver: WebDriver) -> dict[str, Any]:
+    page: dict[str, Any] = driver.execute_script(SNAPSHOT)
+    return page
 
 
-def latest_customers(driver: WebDriver) -> list[str]:
-    rows = driver.find_elements(By.CSS_SELECTOR, "#latest tbody tr[data-customer]")
-    return [str(row.get_attribute("data-customer")) for row in rows]
+def wait_for(driver: WebDriver, predicate: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+    """Poll the rendered page until ``predicate(snapshot)`` holds; return that snapshot."""
+    seen: list[dict[str, Any]] = []
+
+    def check(d: WebDriver) -> dict[str, Any] | None:
+        page = snapshot(d)
+        seen[:] = [page]
+        return page if predicate(page) else None
+
+    try:
+        found: dict[str, Any] = WebDriverWait(driver, 20, poll_frequency=0.1).until(check)
+    except TimeoutException:
+        raise AssertionError(f"the page never showed {what}; last seen: {seen}") from None
+    return found
+
+
+def events_of(page: dict[str, Any], customer: str) -> str | None:
+    return next((events for who, events, _ in page["customers"] if who == customer), None)
 
 
 def test_the_dashboard_renders_known_traffic_and_updates_live(
@@ -113,54 +155,38 @@ def test_the_dashboard_renders_known_traffic_and_updates_live(
         )
 
     browser.get(dodo_server.url + "/")
-    row = '#customers tr[data-customer="{}"] td[data-field="{}"]'
-    wait(browser, lambda d: text_of(d, row.format("cus_acme", "events")) == "7", "cus_acme's 7 events")
-    assert text_of(browser, "#kpi-events") == "13" and text_of(browser, "#kpi-customers") == "3"
-    rendered = {
-        customer: (text_of(browser, row.format(customer, "events")), text_of(browser, row.format(customer, "errors")))
-        for customer in ("cus_acme", "cus_globex", "cus_initech")
-    }
-    assert rendered == {"cus_acme": ("7", "1"), "cus_globex": ("4", "2"), "cus_initech": ("2", "0")}
-    rows = browser.find_elements(By.CSS_SELECTOR, "#customers tr[data-customer]")
-    order = [r.get_attribute("data-customer") for r in rows]
-    assert order == ["cus_acme", "cus_globex", "cus_initech"]
+    page = wait_for(browser, lambda p: events_of(p, "cus_acme") == "7", "cus_acme's 7 events")
+    assert (page["kpi"]["kpi-events"], page["kpi"]["kpi-customers"]) == ("13", "3")
+    assert page["customers"] == [["cus_acme", "7", "1"], ["cus_globex", "4", "2"], ["cus_initech", "2", "0"]]
 
-    chart = browser.find_element(By.ID, "chart")
-    assert chart.get_attribute("data-total") == "13"
-    buckets = browser.find_elements(By.CSS_SELECTOR, "#chart g.bucket")
-    assert sum(int(b.get_attribute("data-calls") or 0) for b in buckets) == 13
-    assert sum(int(b.get_attribute("data-errors") or 0) for b in buckets) == 3
-    bars = browser.find_elements(By.CSS_SELECTOR, "#chart rect.ok, #chart rect.err")
-    assert bars and all(float(bar.get_attribute("height") or 0) > 0 for bar in bars)
+    assert page["chart"]["total"] == "13"
+    assert sum(calls for calls, _ in page["chart"]["buckets"]) == 13
+    assert sum(errs for _, errs in page["chart"]["buckets"]) == 3
+    assert page["chart"]["bars"] and all(height > 0 for height in page["chart"]["bars"])
 
-    cell = f'td[data-meter="{errors.id}"]'
-    assert text_of(browser, f'#meters th[data-meter="{errors.id}"]') == "Failed calls\nerrors"
-    assert text_of(browser, f"#meters tr.total {cell}") == "3"
-    values = {
-        str(r.get_attribute("data-customer")): r.find_element(By.CSS_SELECTOR, cell).text
-        for r in browser.find_elements(By.CSS_SELECTOR, "#meters tr[data-customer]")
-    }
-    assert values == {"cus_acme": "1", "cus_globex": "2", "cus_initech": "0"}  # in the usage table's order
-    assert "status_code ≥ 400" in text_of(browser, f'#meters li[data-meter="{errors.id}"]')
-    endpoint = '#endpoints tr[data-endpoint="GET /api/v1/users/<int:user_id>"] td[data-field=events]'
-    assert text_of(browser, endpoint) == "13"
+    meters = page["meters"]
+    assert meters["headers"] == [[errors.id, "Failed calls\nerrors"]] and meters["totals"] == [[errors.id, "3"]]
+    assert meters["cells"] == [  # in the usage table's order
+        ["cus_acme", errors.id, "1"],
+        ["cus_globex", errors.id, "2"],
+        ["cus_initech", errors.id, "0"],
+    ]
+    assert "status_code ≥ 400" in meters["definitions"][errors.id]
+    assert page["endpoints"] == {"GET /api/v1/users/<int:user_id>": "13"}
 
     filters = browser.find_element(By.ID, "filters")
     Select(filters.find_element(By.NAME, "customer_id")).select_by_value("cus_globex")
-    wait(browser, lambda d: latest_customers(d) == ["cus_globex"] * 4, "only cus_globex's 4 events")
+    wait_for(browser, lambda p: [c for c, _ in p["latest"]] == ["cus_globex"] * 4, "only cus_globex's 4 events")
     Select(filters.find_element(By.NAME, "status")).select_by_value("error")
-    wait(browser, lambda d: len(latest_customers(d)) == 2, "cus_globex's 2 errors")
-    statuses = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "#latest td[data-field=status]")]
-    assert statuses == ["404", "404"]
+    errors_only = wait_for(browser, lambda p: len(p["latest"]) == 2, "cus_globex's 2 errors")
+    assert errors_only["latest"] == [["cus_globex", "404"], ["cus_globex", "404"]]
     filters.find_element(By.CSS_SELECTOR, "button[type=reset]").click()
-    wait(browser, lambda d: len(latest_customers(d)) == 13, "every event again after clearing the filters")
+    wait_for(browser, lambda p: len(p["latest"]) == 13, "every event again after clearing the filters")
 
     send(batch, [("cus_initech", 200, 5.0)] * 5, endpoint="/api/v1/search")  # traffic while the page is open
-    wait(browser, lambda d: text_of(d, row.format("cus_initech", "events")) == "7", "the page to update")
-    wait(browser, lambda d: d.find_element(By.ID, "chart").get_attribute("data-total") == "18", "the chart to update")
-    assert text_of(browser, "#kpi-events") == "18"
-    assert text_of(browser, '#endpoints tr[data-endpoint="GET /api/v1/search"] td[data-field=events]') == "5"
-    assert text_of(browser, "#status").startswith("live")
+    page = wait_for(browser, lambda p: p["chart"]["total"] == "18", "the new traffic")
+    assert events_of(page, "cus_initech") == "7" and page["kpi"]["kpi-events"] == "18"
+    assert page["endpoints"]["GET /api/v1/search"] == "5" and page["status"].startswith("live")
 
     loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert loaded and all(str(url).startswith(dodo_server.url + "/") for url in loaded), loaded  # no CDN
@@ -178,13 +204,11 @@ def test_the_demos_dashboard_shows_its_customers_and_meters(browser: WebDriver, 
 
     with run_demo_serving(free_port(), tmp_path) as (url, metered):
         browser.get(url + "/")
-        wait(browser, lambda d: text_of(d, "#kpi-events") == f"{metered:,}", f"the demo's {metered} events")
-        names = [h.text.split("\n")[0] for h in browser.find_elements(By.CSS_SELECTOR, "#meters th[data-meter]")]
+        page = wait_for(browser, lambda p: p["kpi"]["kpi-events"] == f"{metered:,}", f"the demo's {metered} events")
+        names = [header.split("\n")[0] for _, header in page["meters"]["headers"]]
         assert names == ["API calls", "Items ordered", "Report exports", "Slowest call"]
-        assert text_of(browser, "#meters tr.total td[data-meter]") == f"{metered:,}"
-        customers = browser.find_elements(By.CSS_SELECTOR, "#customers tr[data-customer]")
-        assert [c.get_attribute("data-customer") for c in customers][:1] == ["cus_acme"] and len(customers) == 3
-        assert len(browser.find_elements(By.CSS_SELECTOR, "#endpoints tr[data-endpoint]")) == 7
-        assert int(browser.find_element(By.ID, "chart").get_attribute("data-total") or 0) == metered
+        assert page["meters"]["totals"][0][1] == f"{metered:,}"  # the "API calls" meter
+        assert [c for c, _, _ in page["customers"]][:1] == ["cus_acme"] and len(page["customers"]) == 3
+        assert len(page["endpoints"]) == 7 and int(page["chart"]["total"]) == metered
         screenshot = tmp_path / "demo-dashboard.png"
         assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
