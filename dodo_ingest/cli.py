@@ -1,7 +1,8 @@
 """The ``dodo-ingest`` command line.
 
-``dodo-ingest serve``     run the local Dodo-compatible server (see ``dodo-ingest serve --help``)
+``dodo-ingest serve``     run the local Dodo-compatible server and its dashboard (``dodo-ingest serve --help``)
 ``dodo-ingest demo``      the end-to-end demo: local server, an instrumented Flask API, traffic, usage tables
+                          (``--serve`` keeps its dashboard open afterwards)
 ``dodo-ingest check``     validate the configuration from the environment and test the key against the host
 ``dodo-ingest settings``  print every setting as a table
 ``dodo-ingest version``   print the version

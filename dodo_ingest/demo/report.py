@@ -99,3 +99,28 @@ def errors_seen(events: Sequence[Mapping[str, Any]]) -> str:
     if not counts:
         return "none"
     return ", ".join(f"{name} x{count}" for name, count in sorted(counts.items()))
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.1f}"
+    return f"{int(value):,}"
+
+
+def meter_table(usage: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> str:
+    """Each meter's value per customer (``GET /_local/usage`` items): one column per meter."""
+    if not usage:
+        return "no meters"
+    customers: list[str] = []  # in the first meter's order (largest value first), then any others
+    for item in usage:
+        customers += [c["customer_id"] for c in item["customers"] if c["customer_id"] not in customers]
+    headers = ["customer"] + [f"{item['meter']['name']} ({item['meter']['measurement_unit']})" for item in usage]
+    values = [{c["customer_id"]: c["value"] for c in item["customers"]} for item in usage]
+    rows: list[list[Any]] = []
+    for customer in customers:
+        label = f"{customer} ({names[customer]})" if customer in names else customer
+        rows.append([label] + [_value(by_customer.get(customer)) for by_customer in values])
+    rows.append(["total"] + [_value(item["total"]) for item in usage])
+    return table(headers, rows)

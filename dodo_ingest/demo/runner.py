@@ -7,19 +7,21 @@ import logging
 import os
 import queue
 import random
+import signal
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, TextIO
 
 import requests
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from dodo_ingest.demo.app import MAX_USER_ID, create_app, customers, token_for
-from dodo_ingest.demo.report import errors_seen, table, usage_by_customer, usage_by_endpoint
+from dodo_ingest.demo.report import errors_seen, meter_table, table, usage_by_customer, usage_by_endpoint
 from dodo_ingest.localserver import LocalDodoServer
 
 PAGE_SIZE = 100
@@ -201,6 +203,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=8, help="client threads (default 8)")
     parser.add_argument("--seed", type=int, default=7, help="random seed of the traffic mix (default 7)")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress while traffic runs")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep serving the dashboard (and the sample API) after the traffic, until Ctrl-C",
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="port of the local Dodo server and its dashboard (default: any free port)"
+    )
     return parser
 
 
@@ -219,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     api_key = "sk_test_demo_" + os.urandom(8).hex()
     out = sys.stdout
 
-    with LocalDodoServer(api_key=api_key) as dodo_server:
+    with LocalDodoServer(api_key=api_key, port=args.port) as dodo_server:
+        meters = create_meters(dodo_server.url, api_key)
         rate_limited = customer_ids[-1] if len(customer_ids) > 1 else None
         app, dodo = create_app(
             customer_ids,
@@ -234,11 +245,13 @@ def main(argv: list[str] | None = None) -> int:
         serving.start()
         api_url = f"http://127.0.0.1:{http.server_port}"
         print("dodo-ingest demo")
-        print(f"  local Dodo server  {dodo_server.url}  (in-process, in-memory)")
+        print(f"  local Dodo server  {dodo_server.url}  (in-process, in-memory; {len(meters)} meters)")
+        print(f"  dashboard          {dodo_server.url}/  (open it in a browser: it updates while traffic flows)")
         print(f"  sample Flask API   {api_url}  (metered with dodo_ingest_flask.DodoIngest)")
         print(
             f"  traffic            {len(calls)} requests from {len(roster)} customers, "
-            f"{args.concurrency} client threads, seed {args.seed}\n"
+            f"{args.concurrency} client threads, seed {args.seed}\n",
+            flush=True,
         )
         try:
             started = time.perf_counter()
@@ -254,40 +267,133 @@ def main(argv: list[str] | None = None) -> int:
             flushed = dodo.flush(timeout=15.0)
             stats = dodo.stats()
             events = read_events(dodo_server.url, api_key)
+            usage = read_usage(dodo_server.url)
+
+            expected = sum(1 for call in calls if call.metered)
+            kinds = Counter(call.kind for call in calls)
+            statuses = ", ".join(f"{key} {outcome[key]}" for key in sorted(outcome))
+            print(f"\n  {len(calls)} requests in {elapsed:.1f} s ({len(calls) / elapsed:.0f}/s): {statuses}")
+            print(
+                f"  billable: {expected}   not billed: {kinds['anonymous']} anonymous, "
+                f"{kinds['unauthorized']} unauthorized (401, no customer), {kinds['health']} exempt health checks"
+            )
+            print(f"  events read back from {dodo_server.url}/events: {len(events)} (in pages of {PAGE_SIZE})\n")
+            print("Usage by customer  (what Dodo bills: one event per API call)")
+            print(usage_by_customer(events, names))
+            print("\nUsage by endpoint  (route templates, never raw ids)")
+            print(usage_by_endpoint(events))
+            print(f"\nUnhandled exceptions: {errors_seen(events)}")
+            print("\nMeters  (each meter's value per customer, as Dodo would aggregate it: GET /_local/usage)")
+            print(meter_table(usage, names))
+            print("\nSDK counters")
+            skipped = ", ".join(f"{k} {v}" for k, v in sorted(stats.skipped.items())) or "none"
+            dropped = ", ".join(f"{k} {v}" for k, v in sorted(stats.dropped.items())) or "none"
+            print(
+                table(
+                    ["accepted", "sent", "dropped", "retried", "queued", "skipped"],
+                    [[stats.accepted, stats.sent, dropped, stats.retried, stats.queued, skipped]],
+                    align="<<<<<<",
+                )
+            )
+            ids = {event["event_id"] for event in events}
+            ok = flushed and len(events) == expected == stats.accepted == stats.sent and len(ids) == len(events)
+            verdict = "OK" if ok else "MISMATCH"
+            print(
+                f"\nCheck: {verdict}: {expected} metered requests, {stats.accepted} events accepted by the SDK, "
+                f"{stats.sent} sent, {len(events)} stored by the server ({len(ids)} distinct ids)"
+            )
+            if args.serve:
+                token = token_for(customer_ids[0])
+                print(
+                    f"\nDashboard: {dodo_server.url}/  serving it and the sample API until Ctrl-C.\n"
+                    f"More traffic shows up live, e.g.\n"
+                    f"  curl -H 'Authorization: Bearer {token}' {api_url}/api/v1/users/7",
+                    flush=True,
+                )
+                wait_for_stop()
+            else:
+                print("\nRun with --serve to keep the dashboard open after the traffic.")
         finally:
             http.shutdown()
             http.server_close()
             dodo.shutdown(timeout=5.0)
-
-    expected = sum(1 for call in calls if call.metered)
-    kinds = Counter(call.kind for call in calls)
-    statuses = ", ".join(f"{key} {outcome[key]}" for key in sorted(outcome))
-    print(f"\n  {len(calls)} requests in {elapsed:.1f} s ({len(calls) / elapsed:.0f}/s): {statuses}")
-    print(
-        f"  billable: {expected}   not billed: {kinds['anonymous']} anonymous, "
-        f"{kinds['unauthorized']} unauthorized (401, no customer), {kinds['health']} exempt health checks"
-    )
-    print(f"  events read back from {dodo_server.url}/events: {len(events)} (in pages of {PAGE_SIZE})\n")
-    print("Usage by customer  (what Dodo bills: one event per API call)")
-    print(usage_by_customer(events, names))
-    print("\nUsage by endpoint  (route templates, never raw ids)")
-    print(usage_by_endpoint(events))
-    print(f"\nUnhandled exceptions: {errors_seen(events)}")
-    print("\nSDK counters")
-    skipped = ", ".join(f"{k} {v}" for k, v in sorted(stats.skipped.items())) or "none"
-    dropped = ", ".join(f"{k} {v}" for k, v in sorted(stats.dropped.items())) or "none"
-    print(
-        table(
-            ["accepted", "sent", "dropped", "retried", "queued", "skipped"],
-            [[stats.accepted, stats.sent, dropped, stats.retried, stats.queued, skipped]],
-            align="<<<<<<",
-        )
-    )
-    ids = {event["event_id"] for event in events}
-    ok = flushed and len(events) == expected == stats.accepted == stats.sent and len(ids) == len(events)
-    verdict = "OK" if ok else "MISMATCH"
-    print(
-        f"\nCheck: {verdict}: {expected} metered requests, {stats.accepted} events accepted by the SDK, "
-        f"{stats.sent} sent, {len(events)} stored by the server ({len(ids)} distinct ids)"
-    )
     return 0 if ok else 1
+
+
+#: The meters the demo creates (``POST /meters``): what a billing person would set up for this API.
+DEMO_METERS: list[dict[str, Any]] = [
+    {
+        "name": "API calls",
+        "event_name": "api_call",
+        "measurement_unit": "calls",
+        "aggregation": {"type": "count"},
+        "description": "Every metered request: the API Gateway blueprint's meter",
+    },
+    {
+        "name": "Items ordered",
+        "event_name": "api_call",
+        "measurement_unit": "items",
+        "aggregation": {"type": "sum", "key": "quantity"},
+        "filter": {
+            "conjunction": "and",
+            "clauses": [
+                {"key": "endpoint", "operator": "equals", "value": "/api/v1/orders"},
+                {"key": "status_code", "operator": "equals", "value": 201},
+            ],
+        },
+    },
+    {
+        "name": "Report exports",
+        "event_name": "api_call",
+        "measurement_unit": "exports",
+        "aggregation": {"type": "count"},
+        "filter": {"conjunction": "and", "clauses": [{"key": "feature", "operator": "equals", "value": "export"}]},
+    },
+    {
+        "name": "Slowest call",
+        "event_name": "api_call",
+        "measurement_unit": "ms",
+        "aggregation": {"type": "max", "key": "response_time_ms"},
+    },
+]
+
+
+def create_meters(base_url: str, api_key: str) -> list[dict[str, Any]]:
+    """Create :data:`DEMO_METERS` on the server with Dodo's ``POST /meters``; return them as created."""
+    headers = {"Authorization": f"Bearer {api_key}"}
+    created = []
+    with requests.Session() as session:
+        for meter in DEMO_METERS:
+            response = session.post(f"{base_url}/meters", json=meter, headers=headers, timeout=10)
+            response.raise_for_status()
+            created.append(response.json())
+    return created
+
+
+def read_usage(base_url: str) -> list[dict[str, Any]]:
+    """Each meter's value per customer, from the local server's ``GET /_local/usage``."""
+    response = requests.get(f"{base_url}/_local/usage", timeout=10)
+    response.raise_for_status()
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+def wait_for_stop() -> None:
+    """Block until Ctrl-C or SIGTERM (signal handlers only when called from the main thread)."""
+    stop = threading.Event()
+    restore: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            restore[sig] = signal.signal(sig, on_signal)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sig, handler in restore.items():
+            signal.signal(sig, handler)

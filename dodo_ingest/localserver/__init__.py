@@ -2,8 +2,10 @@
 
 ``LocalDodoServer`` is the embedded default the SDK's demo, its test-suite and
 local development run against: it accepts exactly what Dodo's
-``POST /events/ingest`` accepts (see :mod:`.rules`), stores events in SQLite
-(:mod:`.store`), serves ``GET /events`` and ``GET /events/{id}``, and can be
+``POST /events/ingest`` accepts (see :mod:`.rules`), stores events and meters in
+SQLite (:mod:`.store`), serves ``GET /events``, ``GET /events/{id}`` and Dodo's
+``/meters`` API (:mod:`.meters`), a dashboard at ``/`` (:mod:`.dashboard`),
+optionally Dodo's per-key request budget (:mod:`.ratelimit`), and can be
 scripted to misbehave with :class:`Fault` (:mod:`.faults`). ``main`` is the
 ``dodo-ingest serve`` command line.
 

@@ -25,6 +25,10 @@ OpenAPI schema rejects this body"* (the conformance tests check that):
   than 50 metadata keys, a key over 100 characters, a string value over 500
   characters, the same ``event_id`` twice in one request.
 
+Error codes follow Dodo's error-code page: every body problem (422 and 400
+alike) is ``INVALID_REQUEST_BODY``, except more than 50 metadata keys, which is
+``MAXIMUM_KEYS_REACHED`` (400). The status line keeps the 400/422 split above.
+
 Lengths are counted in Unicode code points. ``metadata: null`` and
 ``timestamp: null`` are accepted (the schema allows them) and mean "absent".
 Unknown fields are ignored. Every message names the offending field and
@@ -40,6 +44,8 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 __all__ = [
+    "INVALID_REQUEST_BODY",
+    "MAXIMUM_KEYS_REACHED",
     "MAX_EVENTS_PER_REQUEST",
     "MAX_METADATA_KEYS",
     "MAX_METADATA_KEY_LENGTH",
@@ -52,6 +58,8 @@ __all__ = [
     "validate_ingest",
 ]
 
+INVALID_REQUEST_BODY = "INVALID_REQUEST_BODY"
+MAXIMUM_KEYS_REACHED = "MAXIMUM_KEYS_REACHED"
 MAX_EVENTS_PER_REQUEST = 1000
 MAX_METADATA_KEYS = 50
 MAX_METADATA_KEY_LENGTH = 100
@@ -91,11 +99,11 @@ class NormalizedEvent(NamedTuple):
 
 
 def _schema(message: str) -> RuleViolation:
-    return RuleViolation(422, "UNPROCESSABLE_ENTITY", message)
+    return RuleViolation(422, INVALID_REQUEST_BODY, message)
 
 
-def _invalid(message: str) -> RuleViolation:
-    return RuleViolation(400, "INVALID_REQUEST", message)
+def _invalid(message: str, code: str = INVALID_REQUEST_BODY) -> RuleViolation:
+    return RuleViolation(400, code, message)
 
 
 def _reject_constant(token: str) -> Any:
@@ -221,7 +229,8 @@ def _json_type(value: Any) -> str:
 
 def _metadata_error(index: int, metadata: dict[str, Any]) -> RuleViolation | None:
     if len(metadata) > MAX_METADATA_KEYS:
-        return _invalid(f"events[{index}].metadata: {len(metadata)} keys, at most {MAX_METADATA_KEYS} are allowed")
+        message = f"events[{index}].metadata: {len(metadata)} keys, at most {MAX_METADATA_KEYS} are allowed"
+        return _invalid(message, MAXIMUM_KEYS_REACHED)
     for key, value in metadata.items():
         where = f"events[{index}].metadata.{key[:MAX_METADATA_KEY_LENGTH]}"
         kind = type(value)

@@ -2,30 +2,53 @@
 
 Standard library only (``http.server.ThreadingHTTPServer``): HTTP/1.1 with
 keep-alive, Nagle disabled, every response written in a single send with a
-``Content-Length``. Routes:
+``Content-Length``, and a listen backlog of 1024 (the standard library's 5
+loses connections when a client opens a hundred at once, as Dodo's JS
+blueprint and the async Python SDK do). Routes:
 
-* ``POST /events/ingest``, ``GET /events``, ``GET /events/{event_id}`` - Dodo's
-  API (bearer auth; rules in :mod:`dodo_ingest.localserver.rules`).
-* ``POST /_local/faults`` (JSON list of faults), ``DELETE /_local/faults``,
-  ``DELETE /_local/events`` (clear events and request log), ``GET /_local/events``,
-  ``GET /_local/requests``, ``GET /_local/stats`` - test controls, no auth.
+* Dodo's API (bearer auth; rules in :mod:`.rules` and :mod:`.meters`):
+  ``POST /events/ingest``, ``GET /events``, ``GET /events/{event_id}``,
+  ``POST /meters``, ``GET /meters``, ``GET|PATCH|DELETE /meters/{id}``,
+  ``POST /meters/{id}/unarchive``.
+* ``GET /`` - the dashboard (:mod:`.dashboard`; its files under ``/_local/static/``).
+* ``/_local/*`` - controls and read-outs, no auth: ``GET|POST|DELETE /_local/faults``,
+  ``GET|PUT|DELETE /_local/rate-limit``, ``GET|DELETE /_local/events`` (DELETE clears
+  events and the request log), ``GET /_local/requests``, ``GET /_local/stats``,
+  ``GET /_local/usage`` (each meter's value per customer over a time range: what Dodo
+  would bill), ``GET /_local/dashboard`` (the dashboard's data).
 
 Unknown routes answer 404 and known routes with the wrong method 405, both
-as JSON ``{"code", "message"}``. Nothing is printed per request unless
-``verbose`` is set, and the Authorization header is never logged.
+as JSON ``{"code", "message"}``. Error codes are those of Dodo's error-code
+page: ``INVALID_REQUEST_BODY`` (a body Dodo rejects, 400 or 422),
+``MAXIMUM_KEYS_REACHED`` (more than 50 metadata keys, 400),
+``INVALID_QUERY_PARAMS`` (a bad query parameter, 400 or 422), ``UNAUTHORIZED``,
+``NOT_FOUND``, ``TOO_MANY_REQUESTS``, ``INTERNAL_SERVER_ERROR``; a few the page
+does not name (``PAYLOAD_TOO_LARGE``, ``METHOD_NOT_ALLOWED``). Nothing is
+printed per request unless ``verbose`` is set, and the Authorization header is
+never logged.
 
 Semantics where Dodo's spec leaves room:
 
 * ``POST /events/ingest`` answers ``{"ingested_count": N}`` with N = the number
   of events in the request, including ids already stored (which are ignored).
   Checks run in this order: scripted fault, 413 (from Content-Length, before
-  reading), 401, 422/400 (see :mod:`.rules`). Chunked bodies are accepted.
+  reading), 401, 429 (the optional request budget), 422/400 (see :mod:`.rules`).
+  Chunked bodies are accepted.
+* Every other Dodo route: scripted fault, 401, 405, 429, then the request.
 * ``GET /events``: ``page_size`` (default 10) and ``page_number`` (0-based)
   must be integers in 0..2**31-1 (the spec's int32, no lower maximum is
   published), else 422. ``start`` is inclusive and ``end`` exclusive (the
   spec only says "after"/"before"); a malformed date is 400, as the spec
-  lists. ``meter_id`` is 422: meters are not emulated. Items are ordered by
-  timestamp, then ingestion order; ``metadata`` is ``{}`` when none was sent.
+  lists. ``meter_id`` applies that meter's event name and filter (an unknown
+  meter is 404; an ``event_name`` that is not the meter's is 422). Items are
+  ordered by timestamp, then ingestion order; ``metadata`` is ``{}`` when none
+  was sent.
+* ``GET /meters``: ``page_size`` 0..100 (default 10), ``page_number`` 0-based,
+  ``archived=true`` lists only archived meters, ``false`` (the default) only
+  active ones; anything else is 422. Meters are listed in creation order.
+  ``DELETE /meters/{id}`` archives (204); ``POST /meters/{id}/unarchive``
+  answers 200 with an empty body; both are 404 for an unknown meter. Archived
+  meters can still be retrieved and used with ``GET /events?meter_id=``.
 * ``GET /events/ingest`` is 405 (the ingest route), so an event whose id is
   literally ``ingest`` cannot be read back by id.
 """
@@ -37,6 +60,7 @@ import contextlib
 import hmac
 import json
 import os
+import secrets
 import signal
 import socket
 import socketserver
@@ -46,8 +70,8 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -56,17 +80,31 @@ from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from .dashboard import RANGES, UsageIndex, build_dashboard, static_file
 from .faults import Fault, FaultQueue
-from .rules import NormalizedEvent, RuleViolation, parse_body, parse_timestamp, validate_ingest
-from .store import EventStore
+from .meters import event_matches, parse_meter_create, parse_meter_update, usage_by_customer
+from .ratelimit import RateLimit, RateLimiter, parse_rate_limits
+from .rules import (
+    INVALID_REQUEST_BODY,
+    NormalizedEvent,
+    RuleViolation,
+    format_timestamp,
+    parse_body,
+    parse_timestamp,
+    validate_ingest,
+)
+from .store import BUSINESS_ID, EventStore
 
 __all__ = ["LocalDodoServer", "RequestRecord", "main"]
 
 _INT32_MAX = 2**31 - 1
 _LOOPBACK_FOR_WILDCARD = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}  # noqa: S104 - not a bind
 _DEFAULT_PAGE_SIZE = 10
+_MAX_METER_PAGE_SIZE = 100
+_LISTEN_BACKLOG = 1024
+INVALID_QUERY_PARAMS = "INVALID_QUERY_PARAMS"
 _ERROR_CODES = {
-    400: "INVALID_REQUEST",
+    400: INVALID_REQUEST_BODY,
     401: "UNAUTHORIZED",
     403: "FORBIDDEN",
     404: "NOT_FOUND",
@@ -75,7 +113,7 @@ _ERROR_CODES = {
     409: "CONFLICT",
     411: "LENGTH_REQUIRED",
     413: "PAYLOAD_TOO_LARGE",
-    422: "UNPROCESSABLE_ENTITY",
+    422: INVALID_REQUEST_BODY,
     429: "TOO_MANY_REQUESTS",
     500: "INTERNAL_SERVER_ERROR",
     501: "NOT_IMPLEMENTED",
@@ -103,11 +141,12 @@ class RequestRecord:
 
 
 class _HttpError(Exception):
-    def __init__(self, status: int, message: str, *, close: bool = False) -> None:
+    def __init__(self, status: int, message: str, *, close: bool = False, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.close = close
+        self.code = code
 
 
 class _ClientGone(Exception):
@@ -132,6 +171,11 @@ def _phrase(status: int) -> str:
         return "Unknown"
 
 
+def _public_meter(meter: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored meter in Dodo's ``MeterResponse`` form (without the local ``archived`` flag)."""
+    return {key: value for key, value in meter.items() if key != "archived"}
+
+
 def _peek_events(body: Any) -> tuple[int, list[str]]:
     """Best-effort event count and ids of a (possibly invalid) ingest body, for the request log."""
     if isinstance(body, dict):
@@ -154,6 +198,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    request_queue_size = _LISTEN_BACKLOG  # socketserver's default of 5 drops bursts of connections
 
     def __init__(self, address: tuple[str, int], app: LocalDodoServer, family: socket.AddressFamily) -> None:
         self.address_family = family
@@ -211,6 +256,9 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     _body_state = "none"  # "unread" | "read" per request
     _parsed: Any = None
+    _route_label: str | None = None  # "GET /events/{event_id}": Dodo routes only, for the response counts
+    _extra_headers: list[tuple[str, str]]  # added to this request's answer (a fault's, Retry-After)
+    _after_fault: Fault | None = None  # a fault with process=True, applied when the answer is written
 
     # ---- plumbing -------------------------------------------------------------------------------
 
@@ -231,31 +279,61 @@ class _Handler(BaseHTTPRequestHandler):
         """Protocol-level errors (bad request line, oversized headers...) as JSON; closes the connection."""
         self.close_connection = True
         self._body_state = "read"
+        self._route_label, self._extra_headers, self._after_fault = None, [], None
         with contextlib.suppress(OSError):
             self._write(code, _error_body(code, message or _phrase(code)))
 
     def _write(self, status: int, payload: Any, headers: Iterable[tuple[str, str]] = ()) -> None:
+        """Answer with JSON (``payload`` None: an empty body)."""
+        body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+        self._write_raw(status, body, "application/json" if body else None, headers)
+
+    def _write_raw(
+        self, status: int, body: bytes, content_type: str | None, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
         head = [f"HTTP/1.1 {status} {_phrase(status)}", f"Date: {formatdate(usegmt=True)}"]
         if status in (204, 304):  # these never carry a body
             body = b""
         else:
-            body = json.dumps(payload, separators=(",", ":")).encode()
-            head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
-        head.extend(f"{name}: {value}" for name, value in headers)
+            if content_type is not None:
+                head.append(f"Content-Type: {content_type}")
+            head.append(f"Content-Length: {len(body)}")
+        head.extend(f"{name}: {value}" for name, value in [*headers, *self._extra_headers])
         if self.close_connection:
             head.append("Connection: close")
         data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace")
         if self.command != "HEAD":
             data += body
+        if self._route_label is not None:  # counted before the client can see the answer
+            self.app.count_response(self._route_label, status)
         self.wfile.write(data)
         self.log_request(status, len(body))
 
     def _respond(self, status: int, payload: Any, headers: Iterable[tuple[str, str]] = ()) -> None:
         self._drain()
+        fault, self._after_fault = self._after_fault, None
+        if fault is not None:  # process=True: the request was handled; now misbehave instead of answering
+            if fault.drop_connection:
+                self._drop()
+                return
+            status, payload = self._fault_answer(fault, payload if 200 <= status < 300 else None)
+            headers = fault.headers()
         self._write(status, payload, headers)
 
-    def _fail(self, status: int, message: str, headers: Iterable[tuple[str, str]] = ()) -> None:
-        self._respond(status, _error_body(status, message), headers)
+    def _fail(
+        self, status: int, message: str, headers: Iterable[tuple[str, str]] = (), code: str | None = None
+    ) -> None:
+        self._respond(status, _error_body(status, message, code), headers)
+
+    @staticmethod
+    def _fault_answer(fault: Fault, ok_payload: Any) -> tuple[int, Any]:
+        """The status and body a misbehaving fault answers with (``ok_payload`` for a 2xx without ``body``)."""
+        status = fault.status if fault.status is not None else 200
+        if fault.body is not None:
+            return status, fault.body
+        if 200 <= status < 300:
+            return status, ok_payload if ok_payload is not None else {}
+        return status, _error_body(status, f"injected fault: HTTP {status}")
 
     def _content_length(self) -> int:
         raw = self.headers.get("Content-Length")
@@ -318,16 +396,34 @@ class _Handler(BaseHTTPRequestHandler):
         except (_HttpError, _ClientGone, OSError):
             self.close_connection = True
 
-    def _authorized(self) -> bool:
+    def _bearer(self) -> str | None:
         header = self.headers.get("Authorization", "")
         scheme, _, key = header.strip().partition(" ")
         key = key.strip()
-        if scheme.lower() != "bearer" or not key:
+        return key if scheme.lower() == "bearer" and key else None
+
+    def _authorized(self) -> bool:
+        key = self._bearer()
+        if key is None:
             return False
         expected = self.app.api_key
         if expected is None:
             return True
         return hmac.compare_digest(key.encode("utf-8", "replace"), expected.encode("utf-8", "replace"))
+
+    def _over_budget(self) -> bool:
+        """Apply the request budget to this (authorized) request; when over it, add Retry-After and say so."""
+        limiter = self.app.rate_limiter
+        if limiter is None:
+            return False
+        wait = limiter.acquire(self._bearer() or "")
+        if wait is None:
+            return False
+        self._extra_headers.append(("Retry-After", RateLimiter.retry_after(wait)))
+        return True
+
+    def _budget_message(self) -> str:
+        return f"rate limit exceeded: at most {self.app.rate_limit} requests per API key; retry later"
 
     def _drop(self) -> None:
         """Close the connection without a response (a reset), as a dropped connection fault."""
@@ -338,6 +434,8 @@ class _Handler(BaseHTTPRequestHandler):
         server = self.server
         assert isinstance(server, _HTTPServer)
         server.mark_dropped(self.connection)
+        if self._route_label is not None:
+            self.app.count_response(self._route_label, 0)
         self.log_request(0)
 
     # ---- dispatch -------------------------------------------------------------------------------
@@ -350,6 +448,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         te = self.headers.get("Transfer-Encoding")
         self._body_state = "unread" if te is not None or self.headers.get("Content-Length") else "read"
+        self._route_label, self._extra_headers, self._after_fault = None, [], None
         try:
             self._route()
         except _ClientGone:
@@ -357,7 +456,7 @@ class _Handler(BaseHTTPRequestHandler):
         except _HttpError as exc:
             if exc.close:
                 self.close_connection = True
-            self._fail(exc.status, exc.message)
+            self._fail(exc.status, exc.message, code=exc.code)
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             self.close_connection = True
         except Exception as exc:
@@ -370,54 +469,118 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self) -> None:
         path, _, query = self.path.partition("?")
         method = "GET" if self.command == "HEAD" else self.command
-        if path.startswith("/events"):
-            self._route_events(path, query, method)
+        if path.startswith(("/events", "/meters")):
+            self._route_api(path, query, method)
             return
-        routes: dict[str, dict[str, Callable[[str], None]]] = {
-            "/_local/faults": {"POST": self._local_add_faults, "DELETE": self._local_clear_faults},
-            "/_local/events": {"GET": self._local_events, "DELETE": self._local_clear},
-            "/_local/requests": {"GET": self._local_requests},
-            "/_local/stats": {"GET": self._local_stats},
-        }
-        handlers = routes.get(path)
+        if path.startswith("/_local/static/"):
+            handlers: dict[str, Callable[[str], None]] | None = {
+                "GET": lambda _query: self._static(path[len("/_local/static/") :])
+            }
+        else:
+            routes: dict[str, dict[str, Callable[[str], None]]] = {
+                "/": {"GET": lambda _query: self._static("index.html")},
+                "/_local/faults": {
+                    "GET": self._local_faults,
+                    "POST": self._local_add_faults,
+                    "DELETE": self._local_clear_faults,
+                },
+                "/_local/rate-limit": {
+                    "GET": self._local_rate_limit,
+                    "PUT": self._local_set_rate_limit,
+                    "DELETE": self._local_clear_rate_limit,
+                },
+                "/_local/events": {"GET": self._local_events, "DELETE": self._local_clear},
+                "/_local/requests": {"GET": self._local_requests},
+                "/_local/stats": {"GET": self._local_stats},
+                "/_local/usage": {"GET": self._local_usage},
+                "/_local/dashboard": {"GET": self._local_dashboard},
+            }
+            handlers = routes.get(path)
         if handlers is None:
             self._fail(404, f"no route for {path[:200]}")
             return
         handler = handlers.get(method)
         if handler is None:
-            self._fail(405, f"{self.command} is not allowed on {path}", [("Allow", ", ".join(handlers))])
+            self._fail(405, f"{self.command} is not allowed on {path[:200]}", [("Allow", ", ".join(handlers))])
             return
         handler(query)
 
-    def _route_events(self, path: str, query: str, method: str) -> None:
+    def _resolve_api(self, path: str) -> tuple[str, dict[str, Callable[[str], None]]] | None:
+        """The route template and the handlers by method of a Dodo API path, or None (404)."""
         if path == "/events/ingest":
-            allowed = "POST"
-        elif path == "/events" or (len(path) > 8 and path.startswith("/events/") and "/" not in path[8:]):
-            allowed = "GET"
-        else:
+            return "/events/ingest", {"POST": lambda _query: self._ingest()}
+        if path == "/events":
+            return "/events", {"GET": self._list_events}
+        if path == "/meters":
+            return "/meters", {"GET": self._list_meters, "POST": lambda _query: self._create_meter()}
+        if path.startswith("/events/") and len(path) > 8 and "/" not in path[8:]:
+            event_id = unquote(path[8:])
+            return "/events/{event_id}", {"GET": lambda _query: self._get_event(event_id)}
+        if not path.startswith("/meters/"):
+            return None
+        raw_id, _, action = path[8:].partition("/")
+        meter_id = unquote(raw_id)
+        if not meter_id:
+            return None
+        if action == "unarchive":
+            return "/meters/{id}/unarchive", {"POST": lambda _query: self._set_archived(meter_id, False)}
+        if action:
+            return None
+        return "/meters/{id}", {
+            "GET": lambda _query: self._get_meter(meter_id),
+            "PATCH": lambda _query: self._update_meter(meter_id),
+            "DELETE": lambda _query: self._set_archived(meter_id, True),
+        }
+
+    def _route_api(self, path: str, query: str, method: str) -> None:
+        resolved = self._resolve_api(path)
+        if resolved is None:
             self._fail(404, f"no route for {path[:200]}")
             return
-        if allowed == "POST" and method == "POST":
-            self._ingest()
+        template, handlers = resolved
+        if method in handlers:
+            self._route_label = f"{method} {template}"
+        if (method, template) == ("POST", "/events/ingest"):
+            self._ingest()  # faults, auth and the budget in the order that route documents
             return
+        fault = self.app.faults.take(method, path) if method in handlers else None
+        if fault is not None:
+            if fault.delay > 0 and self.app.stopping.wait(fault.delay):
+                self._drop()
+                return
+            if fault.misbehaves and not fault.process:
+                self._drain()
+                if fault.drop_connection:
+                    self._drop()
+                else:
+                    status, payload = self._fault_answer(fault, None)
+                    self._write(status, payload, fault.headers())
+                return
+            if fault.misbehaves:
+                self._after_fault = fault
+            else:
+                self._extra_headers.extend(fault.headers())
         if not self._authorized():
             self._fail(401, "missing or invalid API key (expected 'Authorization: Bearer <key>')")
             return
-        if method != allowed:
-            self._fail(405, f"{self.command} is not allowed on {path}", [("Allow", allowed)])
+        handler = handlers.get(method)
+        if handler is None:
+            self._fail(405, f"{self.command} is not allowed on {path[:200]}", [("Allow", ", ".join(handlers))])
             return
-        if path == "/events":
-            self._list_events(query)
-        else:
-            self._get_event(unquote(path[len("/events/") :]))
+        if self._over_budget():
+            self._fail(429, self._budget_message())
+            return
+        handler(query)
 
     # ---- Dodo routes ----------------------------------------------------------------------------
 
     def _ingest(self) -> None:
         app = self.app
-        fault = app.faults.take()
+        fault = app.faults.take("POST", "/events/ingest")
         authorized = self._authorized()
-        misbehaves = fault is not None and (fault.status is not None or fault.drop_connection)
+        misbehaves = fault is not None and fault.misbehaves
+        if fault is not None and not misbehaves:
+            self._extra_headers.extend(fault.headers())
         if fault is not None and fault.delay > 0 and app.stopping.wait(fault.delay):
             self._drop()
             return
@@ -443,17 +606,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.app.record(RequestRecord(0, count, ids, size, authorized))
             self._drop()
             return
-        status = fault.status if fault.status is not None else 200
+        status, payload = self._fault_answer(fault, {"ingested_count": count})
         self.app.record(RequestRecord(status, count, ids, size, authorized))
-        payload: dict[str, Any]
-        if fault.body is not None:
-            payload = fault.body
-        elif 200 <= status < 300:
-            payload = {"ingested_count": count}
-        else:
-            payload = _error_body(status, f"injected fault: HTTP {status}")
-        headers = [("Retry-After", fault.retry_after)] if fault.retry_after is not None else []
-        self._respond(status, payload, headers)
+        self._respond(status, payload, fault.headers())
 
     def _process_ingest(self, authorized: bool) -> tuple[int, dict[str, Any], int, list[str], int]:
         """Apply Dodo's rules: (status, payload, event_count, event_ids, body_bytes)."""
@@ -468,6 +623,9 @@ class _Handler(BaseHTTPRequestHandler):
             count, ids = _peek_events(_loads_or_none(raw))
             message = "missing or invalid API key (expected 'Authorization: Bearer <key>')"
             return 401, _error_body(401, message), count, ids, len(raw)
+        if self._over_budget():
+            count, ids = _peek_events(_loads_or_none(raw))
+            return 429, _error_body(429, self._budget_message()), count, ids, len(raw)
         body: Any = None
         try:
             body = parse_body(raw)
@@ -488,40 +646,116 @@ class _Handler(BaseHTTPRequestHandler):
             values = params.get(name)
             return values[-1] if values else None
 
-        if one("meter_id") is not None:
-            self._fail(422, "meter_id: meters are not emulated by the local server; filter by event_name")
-            return
         page_size = self._int_param("page_size", one("page_size"), _DEFAULT_PAGE_SIZE)
         page_number = self._int_param("page_number", one("page_number"), 0)
-        bounds: dict[str, int | None] = {}
-        for name in ("start", "end"):
-            value = one(name)
-            if value is None:
-                bounds[name] = None
-                continue
-            try:
-                # an unescaped "+" in a query string arrives as a space
-                bounds[name] = parse_timestamp(value.replace(" ", "+"))
-            except ValueError as exc:
-                raise _HttpError(400, f"{name}: {value[:64]!r} is {exc}") from None
+        bounds = self._time_params(one)
+        event_name = one("event_name")
+        meter_id = one("meter_id")
+        where: Callable[[dict[str, Any]], bool] | None = None
+        if meter_id is not None:
+            meter = self.app.store.get_meter(meter_id)
+            if meter is None:
+                self._fail(404, f"meter {meter_id[:200]!r} not found")
+                return
+            if event_name is not None and event_name != meter["event_name"]:
+                message = f"event_name: {event_name[:64]!r} is not the event name of meter {meter_id[:64]!r}"
+                raise _HttpError(422, message, code=INVALID_QUERY_PARAMS)
+            event_name = meter["event_name"]
+            where = lambda event: event_matches(meter, event)  # noqa: E731
         items = self.app.store.query(
             customer_id=one("customer_id"),
-            event_name=one("event_name"),
-            start_us=bounds["start"],
-            end_us=bounds["end"],
+            event_name=event_name,
+            start_us=bounds[0],
+            end_us=bounds[1],
             limit=page_size,
             offset=page_size * page_number,
+            where=where,
         )
         self._respond(200, {"items": items})
 
     @staticmethod
-    def _int_param(name: str, value: str | None, default: int) -> int:
+    def _time_params(one: Callable[[str], str | None]) -> tuple[int | None, int | None]:
+        """``start`` and ``end`` as epoch microseconds (400 INVALID_QUERY_PARAMS when not RFC 3339)."""
+        bounds: list[int | None] = []
+        for name in ("start", "end"):
+            value = one(name)
+            if value is None:
+                bounds.append(None)
+                continue
+            try:
+                # an unescaped "+" in a query string arrives as a space
+                bounds.append(parse_timestamp(value.replace(" ", "+")))
+            except ValueError as exc:
+                raise _HttpError(400, f"{name}: {value[:64]!r} is {exc}", code=INVALID_QUERY_PARAMS) from None
+        return bounds[0], bounds[1]
+
+    @staticmethod
+    def _int_param(name: str, value: str | None, default: int, maximum: int = _INT32_MAX) -> int:
         if value is None:
             return default
-        if not value.isascii() or not value.isdigit() or int(value) > _INT32_MAX:
-            message = f"{name}: must be an integer between 0 and {_INT32_MAX}, got {value[:32]!r}"
-            raise _HttpError(422, message)
+        if not value.isascii() or not value.isdigit() or int(value) > maximum:
+            message = f"{name}: must be an integer between 0 and {maximum}, got {value[:32]!r}"
+            raise _HttpError(422, message, code=INVALID_QUERY_PARAMS)
         return int(value)
+
+    def _json_body(self) -> Any:
+        """The request body as strict JSON (422 INVALID_REQUEST_BODY when it is not)."""
+        try:
+            return parse_body(self._read_body())
+        except RuleViolation as exc:
+            raise _HttpError(exc.status, exc.message, code=exc.code) from None
+
+    # ---- meters ---------------------------------------------------------------------------------
+
+    def _list_meters(self, query: str) -> None:
+        params = parse_qs(query, keep_blank_values=True)
+
+        def one(name: str) -> str | None:
+            values = params.get(name)
+            return values[-1] if values else None
+
+        page_size = self._int_param("page_size", one("page_size"), _DEFAULT_PAGE_SIZE, _MAX_METER_PAGE_SIZE)
+        page_number = self._int_param("page_number", one("page_number"), 0)
+        archived = one("archived")
+        if archived not in (None, "true", "false"):
+            raise _HttpError(422, f"archived: must be true or false, got {archived[:32]!r}", code=INVALID_QUERY_PARAMS)
+        meters = self.app.store.meters(archived=archived == "true", limit=page_size, offset=page_size * page_number)
+        self._respond(200, {"items": [_public_meter(meter) for meter in meters]})
+
+    def _create_meter(self) -> None:
+        try:
+            fields = parse_meter_create(self._json_body())
+        except RuleViolation as exc:
+            raise _HttpError(exc.status, exc.message, code=exc.code) from None
+        self._respond(201, _public_meter(self.app.create_meter(fields)))
+
+    def _get_meter(self, meter_id: str) -> None:
+        meter = self.app.store.get_meter(meter_id)
+        if meter is None:
+            self._fail(404, f"meter {meter_id[:200]!r} not found")
+        else:
+            self._respond(200, _public_meter(meter))
+
+    def _update_meter(self, meter_id: str) -> None:
+        try:
+            changes = parse_meter_update(self._json_body())
+        except RuleViolation as exc:
+            raise _HttpError(exc.status, exc.message, code=exc.code) from None
+        changes["updated_at"] = format_timestamp(int(self.app.clock() * 1_000_000))
+        meter = self.app.store.update_meter(meter_id, changes)
+        if meter is None:
+            self._fail(404, f"meter {meter_id[:200]!r} not found")
+        else:
+            self._respond(200, _public_meter(meter))
+
+    def _set_archived(self, meter_id: str, archived: bool) -> None:
+        changes = {"archived": archived, "updated_at": format_timestamp(int(self.app.clock() * 1_000_000))}
+        if self.app.store.update_meter(meter_id, changes) is None:
+            self._fail(404, f"meter {meter_id[:200]!r} not found")
+        elif archived:
+            self._respond(204, None)
+        else:
+            self._respond(200, None)
 
     def _get_event(self, event_id: str) -> None:
         event = self.app.store.get(event_id)
@@ -547,6 +781,73 @@ class _Handler(BaseHTTPRequestHandler):
         self.app.clear_faults()
         self._respond(200, {"queued": 0})
 
+    def _local_faults(self, query: str) -> None:
+        self._respond(200, {"items": self.app.faults.snapshot()})
+
+    def _local_rate_limit(self, query: str) -> None:
+        limiter = self.app.rate_limiter
+        self._respond(200, {"rate_limit": self.app.rate_limit, "refused": 0 if limiter is None else limiter.refused})
+
+    def _local_set_rate_limit(self, query: str) -> None:
+        raw = self._read_body()
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict) or set(data) != {"rate_limit"}:
+                raise ValueError('expected {"rate_limit": "100/minute"} (or null to switch it off)')
+            limit = data["rate_limit"]
+            if limit is not None and not isinstance(limit, str):
+                raise ValueError("rate_limit must be a string such as '100/minute', or null")
+            self.app.set_rate_limit(limit)
+        except (ValueError, RecursionError) as exc:
+            raise _HttpError(422, f"invalid rate limit: {exc}") from None
+        self._local_rate_limit(query)
+
+    def _local_clear_rate_limit(self, query: str) -> None:
+        self.app.set_rate_limit(None)
+        self._local_rate_limit(query)
+
+    def _local_usage(self, query: str) -> None:
+        params = parse_qs(query)
+
+        def one(name: str) -> str | None:
+            values = params.get(name)
+            return values[-1] if values else None
+
+        start_us, end_us = self._time_params(one)
+        meter_id = one("meter_id")
+        try:
+            items = self.app.usage_between(meter_id, start_us, end_us, customer_id=one("customer_id"))
+        except KeyError:
+            self._fail(404, f"meter {str(meter_id)[:200]!r} not found")
+            return
+        bounds = {
+            "start": None if start_us is None else format_timestamp(start_us),
+            "end": None if end_us is None else format_timestamp(end_us),
+        }
+        self._respond(200, {**bounds, "items": items})
+
+    def _local_dashboard(self, query: str) -> None:
+        params = parse_qs(query)
+
+        def one(name: str) -> str:
+            values = params.get(name)
+            return values[-1] if values else ""
+
+        range_name = one("range") or "all"
+        if range_name not in RANGES:
+            raise _HttpError(422, f"range: must be one of {', '.join(RANGES)}", code=INVALID_QUERY_PARAMS)
+        filters = {name: one(name) for name in ("customer_id", "event_name", "endpoint", "status") if one(name)}
+        self._respond(200, self.app.dashboard(range_name, filters))
+
+    def _static(self, name: str) -> None:
+        found = static_file(name)
+        if found is None:
+            self._fail(404, f"no route for /_local/static/{name[:200]}")
+            return
+        self._drain()
+        body, content_type = found
+        self._write_raw(200, body, content_type, [("Cache-Control", "no-cache")])
+
     def _local_events(self, query: str) -> None:
         params = parse_qs(query)
         customer = params.get("customer_id", [None])[-1]
@@ -568,15 +869,18 @@ class LocalDodoServer:
     """A local, Dodo-compatible usage-events server (in a daemon thread) for demos, tests and development.
 
     It accepts exactly what Dodo's ``POST /events/ingest`` accepts, serves
-    ``GET /events`` and ``GET /events/{id}``, stores events in SQLite and can
-    be scripted to misbehave with :class:`~dodo_ingest.localserver.Fault`.
+    ``GET /events``, ``GET /events/{id}`` and Dodo's ``/meters`` API, stores
+    events and meters in SQLite, serves a dashboard at ``/`` and can be
+    scripted to misbehave with :class:`~dodo_ingest.localserver.Fault`.
 
     ``api_key=None`` accepts any non-empty bearer key. Timestamps older than
     ``max_event_age`` or more than ``max_future_skew`` seconds ahead are
     rejected (400); bodies above ``max_body_bytes`` get 413. ``verbose`` prints
     one line per request to stderr. ``request_log_size`` bounds
     :attr:`requests` (oldest records are forgotten). ``clock`` returns the
-    current time in seconds since the epoch.
+    current time in seconds since the epoch. ``rate_limit`` (``"100/minute"``,
+    ``"100/minute,10/second"``; None = unlimited) is Dodo's per-key request
+    budget: requests over it get 429 with ``Retry-After``.
     """
 
     def __init__(
@@ -592,9 +896,12 @@ class LocalDodoServer:
         verbose: bool = False,
         request_log_size: int = 1000,
         clock: Callable[[], float] = time.time,
+        rate_limit: str | Sequence[RateLimit] | None = None,
     ) -> None:
         if max_body_bytes < 1:
             raise ValueError("max_body_bytes must be positive")
+        self.rate_limiter: RateLimiter | None = None
+        self.set_rate_limit(rate_limit)
         self.api_key = api_key or None
         self.host = host
         self.port = port
@@ -608,7 +915,10 @@ class LocalDodoServer:
         self.stopping = threading.Event()
         self._records: deque[RequestRecord] = deque(maxlen=request_log_size)
         self._request_total = 0
+        self._responses: Counter[tuple[str, int]] = Counter()
         self._records_lock = threading.Lock()
+        self._index = UsageIndex()
+        self._dashboard_cache: tuple[Any, float, dict[str, Any]] | None = None  # (key, computed at, payload)
         self._state_lock = threading.Lock()
         self._store: EventStore | None = None
         self._httpd: _HTTPServer | None = None
@@ -631,6 +941,8 @@ class LocalDodoServer:
                 raise
             self.stopping = threading.Event()
             self._store, self._httpd = store, httpd
+            self._index = UsageIndex()
+            self._dashboard_cache = None
             bound_port = httpd.server_address[1]
             # a wildcard address is not something to connect to: advertise loopback instead
             host = _LOOPBACK_FOR_WILDCARD.get(self.host, self.host)
@@ -715,11 +1027,12 @@ class LocalDodoServer:
         return self.store.wait_for_count(n, timeout)
 
     def clear(self) -> None:
-        """Forget every stored event and the request log (queued faults stay)."""
+        """Forget every stored event, the request log and the response counts (faults and meters stay)."""
         self.store.clear()
         with self._records_lock:
             self._records.clear()
             self._request_total = 0
+            self._responses.clear()
 
     @property
     def requests(self) -> list[RequestRecord]:
@@ -747,6 +1060,121 @@ class LocalDodoServer:
             self._records.append(record)
             self._request_total += 1
 
+    def count_response(self, route: str, status: int) -> None:
+        """Count one answer of a Dodo route (``"POST /events/ingest"``; status 0 = connection dropped)."""
+        with self._records_lock:
+            self._responses[(route, status)] += 1
+
+    def response_counts(self) -> dict[str, dict[str, int]]:
+        """Answers of Dodo's routes so far, ``{"POST /events/ingest": {"200": 12, "429": 3}}`` (0 = dropped)."""
+        out: dict[str, dict[str, int]] = {}
+        with self._records_lock:
+            for (route, status), count in sorted(self._responses.items()):
+                out.setdefault(route, {})[str(status)] = count
+        return out
+
+    # ---- request budget -------------------------------------------------------------------------
+
+    @property
+    def rate_limit(self) -> str | None:
+        """The request budget per API key (``"100/minute"``), or None when unlimited."""
+        return None if self.rate_limiter is None else str(self.rate_limiter)
+
+    def set_rate_limit(self, rate_limit: str | Sequence[RateLimit] | None) -> None:
+        """Set (or with None remove) the per-key request budget; a new budget starts empty.
+
+        Raises ValueError for an invalid budget, e.g. ``"100/fortnight"``.
+        """
+        if rate_limit is None or rate_limit == "":
+            self.rate_limiter = None
+            return
+        limits = parse_rate_limits(rate_limit) if isinstance(rate_limit, str) else tuple(rate_limit)
+        self.rate_limiter = RateLimiter(limits)
+
+    # ---- meters and usage -----------------------------------------------------------------------
+
+    def create_meter(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Store a meter from validated ``POST /meters`` fields (see :func:`.meters.parse_meter_create`).
+
+        Returns it in Dodo's ``MeterResponse`` form, with a new ``mtr_...`` id.
+        """
+        now = format_timestamp(int(self.clock() * 1_000_000))
+        meter = {
+            "id": "mtr_" + secrets.token_hex(8),
+            "business_id": BUSINESS_ID,
+            **fields,
+            "created_at": now,
+            "updated_at": now,
+        }
+        self.store.add_meter(meter)
+        return meter
+
+    def meters(self, archived: bool | None = False) -> list[dict[str, Any]]:
+        """Stored meters in creation order (each with an ``archived`` flag): active (default), archived or all."""
+        return self.store.meters(archived=archived)
+
+    def usage_between(
+        self,
+        meter_id: str | None = None,
+        start_us: int | None = None,
+        end_us: int | None = None,
+        *,
+        customer_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Each meter's value per customer over ``[start_us, end_us)``: what Dodo would bill for those events.
+
+        One meter (KeyError if unknown) or every active one. Each item is ``{"meter": {...}, "total",
+        "customers": [{"customer_id", "value", "events"}]}``, largest value first; reads the whole store.
+        """
+        if meter_id is not None:
+            meter = self.store.get_meter(meter_id)
+            if meter is None:
+                raise KeyError(meter_id)
+            meters = [meter]
+        else:
+            meters = self.store.meters(archived=False)
+        items = []
+        for meter in meters:
+            events = self.store.scan(
+                event_name=meter["event_name"], customer_id=customer_id, start_us=start_us, end_us=end_us
+            )
+            usage = usage_by_customer(meter, events).to_dict()
+            items.append({"meter": _public_meter(meter), "total": usage["total"], "customers": usage["customers"]})
+        return items
+
+    def dashboard(self, range_name: str = "all", filters: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The dashboard's data (``GET /_local/dashboard``): see :func:`.dashboard.build_dashboard`."""
+        events = self._index.refresh(self.store)
+        meters = self.store.meters(archived=False)
+        # An open dashboard on an idle server costs nothing: the same events, meters and view give the same
+        # answer (a time range moves with the clock, so it is recomputed at most once a second).
+        key = (self._index.position, json.dumps(meters, sort_keys=True), range_name, sorted((filters or {}).items()))
+        cached, now = self._dashboard_cache, time.monotonic()
+        if cached is not None and cached[0] == key and (range_name == "all" or now - cached[1] < 1.0):
+            payload = dict(cached[2])
+        else:
+            payload = build_dashboard(
+                events,
+                meters,
+                now_us=int(self.clock() * 1_000_000),
+                range_name=range_name,
+                filters=filters,
+                latest_limit=25,
+            )
+            self._dashboard_cache = (key, now, payload)
+            payload = dict(payload)
+        payload["server"] = {
+            "url": self._url,
+            "event_count": self.event_count(),
+            "requests": self.stats()["requests"],
+            "responses": self.response_counts(),
+            "rate_limit": self.rate_limit,
+            "faults": self.faults.snapshot(),
+            "indexed_events": len(events),
+            "index_truncated": self._index.truncated,
+        }
+        return payload
+
     def store_events(self, events: list[NormalizedEvent], body: bytes | None = None) -> int:
         """Insert normalized events (from ``body``), ignoring ids already stored; return how many were new."""
         return self.store.insert(events, body)
@@ -758,7 +1186,8 @@ class LocalDodoServer:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dodo-ingest serve",
-        description="Run a local Dodo-compatible usage-events server (POST /events/ingest, GET /events).",
+        description="Run a local Dodo-compatible usage server (POST /events/ingest, GET /events, /meters) "
+        "with a dashboard at /.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port to listen on; 0 = any free port")
@@ -775,14 +1204,72 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, default=5 * 1024 * 1024, help="413 above this size")
     parser.add_argument("--max-event-age", type=float, default=3600.0, help="max timestamp age, seconds")
     parser.add_argument("--max-future-skew", type=float, default=300.0, help="max timestamp lead, seconds")
+    parser.add_argument(
+        "--rate-limit",
+        default=None,
+        metavar="N/PERIOD",
+        help="Dodo's per-key request budget, e.g. 100/minute or 100/minute,10/second: requests over it get "
+        "429 with Retry-After (default: unlimited)",
+    )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help='queue a scripted fault, e.g. \'{"status": 503, "retry_after": "2", "repeat": 3}\' '
+        "(fields as for POST /_local/faults; repeatable)",
+    )
+    parser.add_argument(
+        "--fault-rate",
+        type=float,
+        default=None,
+        metavar="P",
+        help="answer this fraction (0-1) of all Dodo API requests with --fault-status and Retry-After: 1",
+    )
+    parser.add_argument(
+        "--fault-status", type=int, default=503, help="status of the --fault-rate failures (default 503)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print one line per request")
     return parser
 
 
+def _faults_from_args(args: argparse.Namespace) -> list[Fault]:
+    """The faults the command line asks for (ValueError with the offending option)."""
+    faults: list[Fault] = []
+    for text in args.fault:
+        try:
+            data = json.loads(text)
+            items = data if isinstance(data, list) else [data]
+            faults.extend(Fault.from_dict(item) for item in items)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"--fault {text!r}: {exc}") from None
+    if args.fault_rate is not None:
+        try:
+            faults.append(
+                Fault(
+                    status=args.fault_status,
+                    retry_after="1",
+                    route="*",
+                    probability=args.fault_rate,
+                    repeat=None,
+                )
+            )
+        except ValueError as exc:
+            raise ValueError(f"--fault-rate / --fault-status: {exc}") from None
+    return faults
+
+
 def main(argv: list[str] | None = None) -> int:
     """``dodo-ingest serve``: serve until Ctrl-C or SIGTERM, then exit 0 (1 if the server cannot start)."""
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args = parser.parse_args(argv)
     api_key = args.api_key if args.api_key is not None else os.environ.get("DODO_LOCAL_API_KEY")
+    try:
+        faults = _faults_from_args(args)
+        if args.rate_limit is not None:
+            parse_rate_limits(args.rate_limit)
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         server = LocalDodoServer(
             api_key=api_key or None,
@@ -793,6 +1280,7 @@ def main(argv: list[str] | None = None) -> int:
             max_event_age=args.max_event_age,
             max_future_skew=args.max_future_skew,
             verbose=args.verbose,
+            rate_limit=args.rate_limit,
         ).start()
     except (OSError, sqlite3.Error, ValueError) as exc:
         print(f"dodo-ingest serve: cannot start on {args.host}:{args.port}: {exc}", file=sys.stderr)
@@ -808,10 +1296,14 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             restore[sig] = signal.signal(sig, on_signal)
 
+    server.add_faults(*faults)
     auth = "API key required" if api_key else "no API key configured: any non-empty bearer key is accepted"
+    budget = f"request budget {server.rate_limit} per key" if server.rate_limit else "no request budget"
+    queued = f"; {len(faults)} fault(s) queued" if faults else ""
     print(
-        f"Local Dodo events server on {server.url} (db: {args.db}; {auth}). "
-        f"Point the SDK at it: export DODO_PAYMENTS_BASE_URL={server.url}",
+        f"Local Dodo events server on {server.url} (db: {args.db}; {auth}; {budget}{queued}). "
+        f"Point the SDK at it: export DODO_PAYMENTS_BASE_URL={server.url}\n"
+        f"Dashboard: {server.url}/  (open it in a browser)",
         flush=True,
     )
     try:

@@ -10,6 +10,9 @@ To keep per-event work minimal, metadata is not re-encoded event by event: the
 request body (already valid JSON) is stored once in ``batches`` and each event
 row points at ``events[position].metadata`` inside it. Reads parse each
 referenced body once per query.
+
+Meters (``POST /meters``) live in their own table as their JSON form, with an
+``archived`` flag; :meth:`EventStore.clear` forgets events, never meters.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import itertools
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .rules import NormalizedEvent, format_timestamp
@@ -42,6 +45,12 @@ CREATE TABLE IF NOT EXISTS events (
     batch        INTEGER,               -- batches.id holding the metadata, NULL when none
     position     INTEGER                -- index of the event in that body's "events"
 );
+CREATE TABLE IF NOT EXISTS meters (
+    seq          INTEGER PRIMARY KEY,   -- creation order
+    id           TEXT NOT NULL UNIQUE,
+    body         TEXT NOT NULL,         -- the meter's API form (JSON)
+    archived     INTEGER NOT NULL DEFAULT 0
+);
 """
 # No index besides the event_id one: each index costs more per insert than the occasional sort of a
 # local GET /events saves. Rows go in through a 50-row statement (far fewer statement steps than one
@@ -50,10 +59,11 @@ _CHUNK = 50
 _INSERT_PREFIX = "INSERT OR IGNORE INTO events (event_id, customer_id, event_name, ts_us, batch, position) VALUES "
 _INSERT_ONE = _INSERT_PREFIX + "(?, ?, ?, ?, ?, ?)"
 _INSERT_CHUNK = _INSERT_PREFIX + ", ".join(["(?, ?, ?, ?, ?, ?)"] * _CHUNK)
-_SELECT = "SELECT event_id, customer_id, event_name, ts_us, batch, position FROM events"
+_SELECT = "SELECT event_id, customer_id, event_name, ts_us, batch, position, seq FROM events"
 _GET_ONE = _SELECT + " WHERE event_id = ?"
 
 _Row = tuple[str, str, str, int, int | None, int | None]
+_StoredRow = tuple[str, str, str, int, int | None, int | None, int]
 
 
 def _chunks(rows: list[_Row]) -> Iterator[tuple[Any, ...]]:
@@ -80,6 +90,7 @@ class EventStore:
             self._conn.close()
             raise
         self._count: int = row[0]
+        self._generation = 0
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -140,23 +151,15 @@ class EventStore:
             events = self._materialize(rows)
         return events[0] if events else None
 
-    def query(
-        self,
-        *,
-        customer_id: str | None = None,
-        event_name: str | None = None,
-        start_us: int | None = None,
-        end_us: int | None = None,
-        limit: int | None = None,
-        offset: int = 0,
-        order: str = "time",
-    ) -> list[dict[str, Any]]:
-        """Stored events matching every given filter.
+    @property
+    def generation(self) -> int:
+        """Incremented by every :meth:`clear`, so a reader that follows ``seq`` knows to start over."""
+        return self._generation
 
-        ``start_us`` is inclusive and ``end_us`` exclusive (epoch microseconds).
-        ``order`` is ``"time"`` (timestamp, then ingestion order) or ``"ingestion"``.
-        ``limit``/``offset`` page through the result.
-        """
+    @staticmethod
+    def _where(
+        customer_id: str | None, event_name: str | None, start_us: int | None, end_us: int | None
+    ) -> tuple[list[str], list[Any]]:
         clauses: list[str] = []
         params: list[Any] = []
         for clause, value in (
@@ -168,9 +171,41 @@ class EventStore:
             if value is not None:
                 clauses.append(clause)
                 params.append(value)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        return clauses, params
+
+    def query(
+        self,
+        *,
+        customer_id: str | None = None,
+        event_name: str | None = None,
+        start_us: int | None = None,
+        end_us: int | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        order: str = "time",
+        where: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Stored events matching every given filter.
+
+        ``start_us`` is inclusive and ``end_us`` exclusive (epoch microseconds).
+        ``order`` is ``"time"`` (timestamp, then ingestion order) or ``"ingestion"``.
+        ``limit``/``offset`` page through the result. ``where``, when given, is a further
+        predicate on each event's API dict (a meter's filter), applied before paging.
+        """
+        if where is not None:
+            matching = (
+                event
+                for event in self.scan(
+                    customer_id=customer_id, event_name=event_name, start_us=start_us, end_us=end_us, order=order
+                )
+                if where(event)
+            )
+            stop = None if limit is None else offset + limit
+            return [self._public(event) for event in itertools.islice(matching, offset, stop)]
+        clauses, params = self._where(customer_id, event_name, start_us, end_us)
+        where_sql = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         order_by = " ORDER BY ts_us, seq" if order == "time" else " ORDER BY seq"
-        sql = _SELECT + where + order_by
+        sql = _SELECT + where_sql + order_by
         if limit is not None or offset:
             sql += " LIMIT ? OFFSET ?"
             params.extend((-1 if limit is None else limit, offset))
@@ -178,12 +213,54 @@ class EventStore:
             rows = self._db().execute(sql, params).fetchall()
             return self._materialize(rows)
 
-    def _materialize(self, rows: list[_Row]) -> list[dict[str, Any]]:
-        """Turn event rows into API dicts, parsing each referenced body once (lock held)."""
+    def scan(
+        self,
+        *,
+        customer_id: str | None = None,
+        event_name: str | None = None,
+        start_us: int | None = None,
+        end_us: int | None = None,
+        after_seq: int = 0,
+        order: str = "time",
+        chunk: int = 2000,
+    ) -> Iterator[dict[str, Any]]:
+        """Iterate over matching events in chunks, without holding the lock between chunks.
+
+        Each event is its API dict plus ``seq`` (ingestion order) and ``ts_us``. With
+        ``order="ingestion"`` only events with ``seq > after_seq`` are returned, so a reader can
+        follow the store as it grows (check :attr:`generation` for a :meth:`clear` in between).
+        """
+        clauses, params = self._where(customer_id, event_name, start_us, end_us)
+        if order == "time":
+            cursor: tuple[int, ...] = (-(2**62), 0)
+            keyset, order_by = "(ts_us, seq) > (?, ?)", " ORDER BY ts_us, seq LIMIT ?"
+        else:
+            cursor = (after_seq,)
+            keyset, order_by = "seq > ?", " ORDER BY seq LIMIT ?"
+        sql = _SELECT + " WHERE " + " AND ".join([*clauses, keyset]) + order_by
+        while True:
+            with self._lock:
+                rows = self._db().execute(sql, [*params, *cursor, chunk]).fetchall()
+                events = self._materialize(rows, internal=True)
+            yield from events
+            if len(rows) < chunk:
+                return
+            last = events[-1]
+            cursor = (last["ts_us"], last["seq"]) if order == "time" else (last["seq"],)
+
+    @staticmethod
+    def _public(event: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in event.items() if key not in ("seq", "ts_us")}
+
+    def _materialize(self, rows: list[_StoredRow], internal: bool = False) -> list[dict[str, Any]]:
+        """Turn event rows into API dicts, parsing each referenced body once (lock held).
+
+        ``internal`` adds ``seq`` and ``ts_us`` to each dict.
+        """
         conn = self._db()
         bodies: dict[int, list[Any]] = {}
         out = []
-        for event_id, customer_id, event_name, ts_us, batch, position in rows:
+        for event_id, customer_id, event_name, ts_us, batch, position, seq in rows:
             metadata: dict[str, Any] = {}
             if batch is not None and position is not None:
                 events = bodies.get(batch)
@@ -191,16 +268,17 @@ class EventStore:
                     (blob,) = conn.execute("SELECT body FROM batches WHERE id = ?", (batch,)).fetchone()
                     events = bodies[batch] = json.loads(blob)["events"]
                 metadata = events[position]["metadata"]
-            out.append(
-                {
-                    "business_id": BUSINESS_ID,
-                    "customer_id": customer_id,
-                    "event_id": event_id,
-                    "event_name": event_name,
-                    "timestamp": format_timestamp(ts_us),
-                    "metadata": metadata,
-                }
-            )
+            event: dict[str, Any] = {
+                "business_id": BUSINESS_ID,
+                "customer_id": customer_id,
+                "event_id": event_id,
+                "event_name": event_name,
+                "timestamp": format_timestamp(ts_us),
+                "metadata": metadata,
+            }
+            if internal:
+                event["seq"], event["ts_us"] = seq, ts_us
+            out.append(event)
         return out
 
     def clear(self) -> None:
@@ -212,6 +290,56 @@ class EventStore:
             conn.execute("DELETE FROM batches")
             conn.execute("COMMIT")
             self._count = 0
+            self._generation += 1
+
+    # ---- meters -------------------------------------------------------------------------------------------
+
+    def add_meter(self, meter: dict[str, Any]) -> None:
+        """Store a new meter (its API form, with a unique ``id``)."""
+        with self._lock:
+            self._db().execute("INSERT INTO meters (id, body) VALUES (?, ?)", (meter["id"], json.dumps(meter)))
+
+    def get_meter(self, meter_id: str) -> dict[str, Any] | None:
+        """The meter's API form plus ``archived`` (bool), or None."""
+        with self._lock:
+            row = self._db().execute("SELECT body, archived FROM meters WHERE id = ?", (meter_id,)).fetchone()
+        return None if row is None else self._meter(row)
+
+    def meters(
+        self, *, archived: bool | None = False, limit: int | None = None, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        """Meters in creation order (each with ``archived``): active ones, archived ones, or all (None)."""
+        sql = "SELECT body, archived FROM meters"
+        params: list[Any] = []
+        if archived is not None:
+            sql += " WHERE archived = ?"
+            params.append(int(archived))
+        sql += " ORDER BY seq LIMIT ? OFFSET ?"
+        params.extend((-1 if limit is None else limit, offset))
+        with self._lock:
+            rows = self._db().execute(sql, params).fetchall()
+        return [self._meter(row) for row in rows]
+
+    def update_meter(self, meter_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
+        """Apply ``changes`` to a meter's API form (``archived`` sets the flag); the result, or None."""
+        with self._lock:
+            conn = self._db()
+            row = conn.execute("SELECT body, archived FROM meters WHERE id = ?", (meter_id,)).fetchone()
+            if row is None:
+                return None
+            meter = self._meter(row)
+            meter.update(changes)
+            archived = int(bool(meter.pop("archived")))
+            update = "UPDATE meters SET body = ?, archived = ? WHERE id = ?"
+            conn.execute(update, (json.dumps(meter), archived, meter_id))
+            meter["archived"] = bool(archived)
+            return meter
+
+    @staticmethod
+    def _meter(row: tuple[str, int]) -> dict[str, Any]:
+        meter: dict[str, Any] = json.loads(row[0])
+        meter["archived"] = bool(row[1])
+        return meter
 
     def close(self) -> None:
         """Close the database (idempotent); waiters in :meth:`wait_for_count` are released."""

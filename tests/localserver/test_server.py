@@ -164,7 +164,7 @@ def test_0_or_1001_events_are_rejected_and_nothing_is_stored(
 ) -> None:
     response = post(http, server, [ev(i) for i in range(count)])
     assert response.status_code == 422
-    assert response.json()["code"] == "UNPROCESSABLE_ENTITY" and f"{count} events" in response.json()["message"]
+    assert response.json()["code"] == "INVALID_REQUEST_BODY" and f"{count} events" in response.json()["message"]
     assert server.event_count() == 0
     assert server.requests[0].event_count == count
 
@@ -194,6 +194,8 @@ def test_metadata_rules_at_their_boundaries(
         assert server.events()[1]["metadata"] == metadata
     else:
         assert response.json()["message"].startswith("events[1].metadata")
+        expected_code = "MAXIMUM_KEYS_REACHED" if len(metadata) > 50 else "INVALID_REQUEST_BODY"
+        assert response.json()["code"] == expected_code
         assert server.event_count() == 0
 
 
@@ -445,7 +447,7 @@ def test_start_is_inclusive_and_end_exclusive(loaded: LocalDodoServer, http: req
         ({"page_size": ""}, 422, "page_size"),
         ({"page_number": -1}, 422, "page_number"),
         ({"page_number": "1.5"}, 422, "page_number"),
-        ({"meter_id": "mtr_1"}, 422, "meters are not emulated"),
+        ({"meter_id": "mtr_unknown"}, 404, "mtr_unknown"),
         ({"start": "yesterday"}, 400, "start"),
         ({"end": "2030-05-17"}, 400, "end"),
     ],
@@ -456,6 +458,7 @@ def test_bad_query_parameters(
     response = get_events(loaded, http, **params)
     assert response.status_code == status
     assert fragment in response.json()["message"]
+    assert response.json()["code"] == ("NOT_FOUND" if status == 404 else "INVALID_QUERY_PARAMS")
 
 
 def test_the_largest_page_size_is_int32_max(loaded: LocalDodoServer, http: requests.Session) -> None:
@@ -479,7 +482,7 @@ def test_get_event_by_id_decodes_the_path(server: LocalDodoServer, http: request
 
 
 def test_unknown_routes_are_404_and_wrong_methods_405(server: LocalDodoServer, http: requests.Session) -> None:
-    for path in ["/", "/nope", "/events/a/b", "/events/", "/_local/nope"]:
+    for path in ["/nope", "/events/a/b", "/events/", "/_local/nope", "/meters/", "/meters/m/x", "/_local/static/x"]:
         response = http.get(server.url + path, timeout=10)
         assert response.status_code == 404 and response.json()["code"] == "NOT_FOUND", path
     for method, path, allow in [
@@ -487,7 +490,10 @@ def test_unknown_routes_are_404_and_wrong_methods_405(server: LocalDodoServer, h
         ("PUT", "/events/ingest", "POST"),
         ("POST", "/events", "GET"),
         ("DELETE", "/events/evt_1", "GET"),
-        ("GET", "/_local/faults", "POST, DELETE"),
+        ("PUT", "/_local/faults", "GET, POST, DELETE"),
+        ("GET", "/meters/mtr_1/unarchive", "POST"),
+        ("PUT", "/meters/mtr_1", "GET, PATCH, DELETE"),
+        ("POST", "/", "GET"),
     ]:
         response = http.request(method, server.url + path, json={"x": 1}, timeout=10)
         assert response.status_code == 405 and response.headers["Allow"] == allow, (method, path)
