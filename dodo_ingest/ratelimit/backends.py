@@ -278,33 +278,43 @@ class RedisBackend(GenericBackend):
         return outcomes
 
     def consume(self, rules: Sequence[Rule], cost: int, now: float) -> list[Outcome]:
-        """One ``MULTI``/``EXEC`` round trip (two after Redis lost its scripts, e.g. on a restart)."""
+        """One ``MULTI``/``EXEC`` round trip (two more when Redis lacks a script, e.g. after a restart)."""
         commands = self._commands(rules, cost, now)
         client = cast(Any, self.storage.get_connection())
-        for attempt in (1, 2):
-            pipe = client.pipeline(transaction=True)
-            for command in commands:
-                pipe.execute_command(*command)
-            replies = pipe.execute(raise_on_error=False)
-            if not _needs_scripts(commands, replies, attempt):
-                break
+        pipe = client.pipeline(transaction=True)
+        for command in commands:
+            pipe.execute_command(*command)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        missing = _missing_scripts(commands, replies)
+        if missing:
             for _sha, text in self.scripts:
                 client.script_load(text)
+            pipe = client.pipeline(transaction=True)
+            for i in missing:
+                pipe.execute_command(*commands[i])
+            for i, reply in zip(missing, pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+            _raise_failures(replies)
         return self._outcomes(rules, replies, now)
 
     async def aconsume(self, rules: Sequence[Rule], cost: int, now: float) -> list[Outcome]:
         """The same round trip on ``limits.aio``'s asyncio Redis client of the running event loop."""
         commands = self._commands(rules, cost, now)
         client = self._aio_storage().bridge.get_connection()
-        for attempt in (1, 2):
-            pipe = client.pipeline(transaction=True)
-            for command in commands:
-                pipe.execute_command(*command)
-            replies = await pipe.execute(raise_on_error=False)
-            if not _needs_scripts(commands, replies, attempt):
-                break
+        pipe = client.pipeline(transaction=True)
+        for command in commands:
+            pipe.execute_command(*command)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        missing = _missing_scripts(commands, replies)
+        if missing:
             for _sha, text in self.scripts:
                 await client.script_load(text)
+            pipe = client.pipeline(transaction=True)
+            for i in missing:
+                pipe.execute_command(*commands[i])
+            for i, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+            _raise_failures(replies)
         return self._outcomes(rules, replies, now)
 
     async def arefund(self, rules: Sequence[Rule], cost: int, now: float) -> None:
@@ -334,15 +344,18 @@ class RedisBackend(GenericBackend):
         cast(Any, self.storage.get_connection()).close()
 
 
-def _needs_scripts(commands: list[tuple[Any, ...]], replies: list[Any], attempt: int) -> bool:
-    """True when Redis lost the scripts (restart, SCRIPT FLUSH) and none of them ran, so a retry is safe;
-    raises the first error of any other failed command."""
+def _missing_scripts(commands: list[tuple[Any, ...]], replies: list[Any]) -> list[int]:
+    """The positions of commands whose script Redis lacks (restart, ``SCRIPT FLUSH``, another app's Redis).
+    Those commands did not run, so running them again cannot count twice. Any other failure is raised."""
     from redis.exceptions import NoScriptError
 
-    failures = [r for r in replies if isinstance(r, Exception)]
-    if not failures:
-        return False
-    missing = [isinstance(r, NoScriptError) for c, r in zip(commands, replies, strict=True) if c[0] == "EVALSHA"]
-    if attempt == 1 and all(missing) and len(failures) == len(missing):
-        return True
-    raise failures[0]
+    missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if len(missing) < sum(isinstance(reply, Exception) for reply in replies):
+        _raise_failures(replies)
+    return missing
+
+
+def _raise_failures(replies: list[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply

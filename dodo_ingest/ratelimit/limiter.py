@@ -105,6 +105,8 @@ def parse_limits(value: str | Sequence[str]) -> tuple[RateLimit, ...]:
     An empty string or list means no limit. Raises ``ValueError`` naming what could not be parsed."""
     if isinstance(value, str):
         return _parse_string(value)
+    if isinstance(value, tuple) and all(isinstance(v, RateLimit) for v in value):
+        return value  # already parsed
     if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
         return _parse_many(tuple(value))
     raise ValueError(f"expected limits such as '100/minute;20000/month' (or a list of them), got {value!r}")
