@@ -28,6 +28,7 @@ from limits.limits import RateLimitItem
 from limits.storage import MemoryStorage, RedisStorage, Storage
 from limits.strategies import STRATEGIES, RateLimiter
 
+ASYNC_CONNECTIONS = 16  # per event loop
 PERIOD_GRACE = 3600  # seconds a period's key outlives the period (a late refund still finds it)
 
 
@@ -38,7 +39,7 @@ class Rule:
     policy: str
     amount: int
     item: RateLimitItem
-    identifiers: tuple[str, str]
+    identifiers: tuple[str, ...]
     key: str
     """The storage key: ``item.key_for(*identifiers)`` for rolling windows, the period's own key for periods."""
     expiry: int
@@ -329,12 +330,22 @@ class RedisBackend(GenericBackend):
         storage = self._aio.get(loop)
         if storage is None:
             from limits.aio.storage import RedisStorage as AsyncRedisStorage
+            from redis.asyncio import BlockingConnectionPool
 
+            # Bounded: a burst of tasks shares a few connections instead of opening one each, whose handshakes
+            # would queue on the loop past the connect timeout. A task waits for a free one at most `timeout`.
+            options = dict(self.async_options)
+            pool = BlockingConnectionPool.from_url(
+                self.uri,
+                max_connections=ASYNC_CONNECTIONS,
+                timeout=options.get("socket_timeout") or 1.0,
+                **options,
+            )
             storage = AsyncRedisStorage(
                 "async+" + self.uri,
                 implementation="redispy",
                 key_prefix=self.storage.key_prefix,
-                **self.async_options,
+                connection_pool=cast(Any, pool),
             )
             self._aio[loop] = storage
         return storage

@@ -21,7 +21,8 @@ Why billing periods have their own keys
 ``limits`` has no calendar windows: its ``month`` is 30 days from the first hit (fixed window) or a sliding 30
 days, so ``20000/month`` would drift away from the invoice. A period is therefore counted with the storage's
 atomic ``incr`` with expiry (the Lua ``incr_expire`` script on Redis, the locked counter in memory) on a key that
-names the period's start (``dodo_ingest/<customer>/<scope>/period/<months>m/<start epoch>``): the key changes
+names the period's start (``dodo_ingest/<customer>/<scope>/period/<months>m/<start epoch>``; rolling windows
+use ``limits``' own key, ``dodo_ingest/<strategy>/<customer>/<scope>/<amount>/<multiples>/<unit>``): the key changes
 exactly at the boundary, so the count restarts there whatever the store's clock says, an old period's key simply
 expires, and changing a customer's anchor starts a fresh count instead of mixing two cycles. The key holds no
 amount, so a plan change in mid-period keeps the units already used.
@@ -294,6 +295,11 @@ class Limiter:
             "rate_limit_billing_anchor", _settings.parse_billing_anchor, billing_anchor
         )
         self._clock = clock
+        # limits gives fixed and moving windows the same key with different Redis types: a deployment that
+        # switches strategy would hit WRONGTYPE. The strategy is part of every rolling key here.
+        self._key_strategy = {"sliding-window-counter": "swc", "fixed-window": "fw", "moving-window": "mw"}[
+            self.strategy
+        ]
         self.breaker = CircuitBreaker(breaker_threshold, breaker_cooldown)
         self._backend = self._make_backend(dict(storage_options or {}))
         self._periods: dict[tuple[float, int], tuple[float, float]] = {}
@@ -532,11 +538,14 @@ class Limiter:
                     valid_until = min(valid_until, end)
                     key = f"{NAMESPACE}/{identity}/{where}/period/{limit.months}m/{int(start)}"
                     window = round(end - start)
-                    rules.append(Rule(policy, limit.amount, limit.item, (identity, where), key, 0, window, end, True))
+                    ids = ("period", identity, where)
+                    rules.append(Rule(policy, limit.amount, limit.item, ids, key, 0, window, end, True))
                 else:
                     seconds = limit.seconds
-                    key = limit.item.key_for(identity, where)
-                    rules.append(Rule(policy, limit.amount, limit.item, (identity, where), key, seconds, seconds))
+                    ids = (self._key_strategy, identity, where)
+                    rules.append(
+                        Rule(policy, limit.amount, limit.item, ids, limit.item.key_for(*ids), seconds, seconds)
+                    )
         if len(self._rule_cache) > 10_000:
             self._rule_cache.clear()
         self._rule_cache[cache_key] = (customer, own, rules, valid_until)

@@ -1,0 +1,173 @@
+"""Rate-limit check cost: µs per ``Limiter.check`` on memory:// and on a real Redis, and round trips per check.
+
+    python bench/bench_ratelimit.py           # full run (~30 s)
+    python bench/bench_ratelimit.py --quick   # smaller counts
+
+Redis is a ``redis-server`` this script starts on a free loopback port (no persistence) and stops; the round trips
+are counted by a redis-py connection that counts the requests it sends. "check" is ``limiter.check()``; "+ headers"
+adds building the response's ``RateLimit-Policy`` / ``RateLimit`` fields, which an adapter does on every response.
+Each figure is the median of several runs. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dodo_ingest.ratelimit import Limiter  # noqa: E402
+
+HUGE = "100000000/minute"
+HUGE_WITH_MONTH = "100000000/minute;1000000000/month"
+
+
+class CountingConnection(redis.Connection):
+    sends = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).sends += 1
+        super().send_packed_command(command, check_health)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis() -> tuple[subprocess.Popen[bytes], str, str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("redis-server is not installed (apt-get install redis-server)")
+    port, workdir = free_port(), tempfile.mkdtemp(prefix="bench-redis-")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                sys.exit("redis-server did not start")
+            time.sleep(0.05)
+    return proc, f"redis://127.0.0.1:{port}/0", workdir
+
+
+def per_call_us(fn: Callable[[], object], n: int, runs: int) -> float:
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        samples.append((time.perf_counter() - start) / n * 1e6)
+    return statistics.median(samples)
+
+
+def measure(limiter: Limiter, n: int, runs: int, customer: str = "cus_bench") -> tuple[float, float]:
+    limiter.check(customer)  # warm: connection, scripts, caches
+    check = per_call_us(lambda: limiter.check(customer), n, runs)
+    both = per_call_us(lambda: limiter.check(customer).headers(), n, runs)
+    return check, both
+
+
+def round_trips(limiter: Limiter, checks: int = 200) -> float:
+    limiter.check("cus_rt")
+    CountingConnection.sends = 0
+    for _ in range(checks):
+        limiter.check("cus_rt")
+    return CountingConnection.sends / checks
+
+
+def async_us(limiter: Limiter, n: int, runs: int) -> float:
+    async def run() -> float:
+        await limiter.acheck("cus_async")
+        samples = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            for _ in range(n):
+                await limiter.acheck("cus_async")
+            samples.append((time.perf_counter() - start) / n * 1e6)
+        return statistics.median(samples)
+
+    return asyncio.run(run())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller counts")
+    args = parser.parse_args()
+    n_mem, n_redis, runs = (5_000, 500, 3) if args.quick else (50_000, 3_000, 5)
+
+    print(f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores")
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    for strategy in ("sliding-window-counter", "fixed-window", "moving-window"):
+        for spec in (HUGE, HUGE_WITH_MONTH):
+            limiter = Limiter(spec, strategy=strategy)
+            check, both = measure(limiter, n_mem, runs)
+            limits = "1 rolling" if spec == HUGE else "1 rolling + month"
+            rows.append(("memory://", strategy, limits, f"{check:.1f} / {both:.1f}", "0"))
+
+    proc, url, workdir = start_redis()
+    try:
+        for strategy in ("sliding-window-counter", "fixed-window", "moving-window"):
+            for spec in (HUGE, HUGE_WITH_MONTH):
+                options = {"connection_class": CountingConnection}
+                limiter = Limiter(spec, storage=url, strategy=strategy, storage_options=options)
+                check, both = measure(limiter, n_redis, runs)
+                trips = round_trips(limiter)
+                limits = "1 rolling" if spec == HUGE else "1 rolling + month"
+                rows.append(("redis:// (loopback)", strategy, limits, f"{check:.1f} / {both:.1f}", f"{trips:g}"))
+        limiter = Limiter(HUGE_WITH_MONTH, storage=url)
+        rows.append(
+            (
+                "redis:// acheck (limits.aio)",
+                "sliding-window-counter",
+                "1 rolling + month",
+                f"{async_us(limiter, n_redis, runs):.1f}",
+                "1",
+            )
+        )
+        # A rejected check that consumed a billing period refunds it: one more round trip.
+        limiter = Limiter("1/minute;1000000/month", storage=url, storage_options={"connection_class": CountingConnection})
+        rejected = round_trips(limiter)
+        rows.append(("redis:// rejected check", "sliding-window-counter", "1 rolling + month", "-", f"{rejected:g}"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    unlimited = Limiter(None)
+    rows.append(("(no limit configured)", "-", "0", f"{per_call_us(lambda: unlimited.check('c'), n_mem, runs):.2f}", "0"))
+
+    print("\n| storage | strategy | limits | µs per check / + headers | round trips per check |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
