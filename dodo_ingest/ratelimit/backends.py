@@ -136,26 +136,32 @@ class MemoryBackend(GenericBackend):
     def __init__(self, storage: MemoryStorage, strategy: str) -> None:
         super().__init__(storage, strategy)
         self._window_keys: dict[str, tuple[int, str, str]] = {}
+        self._rolling = {
+            "sliding-window-counter": self._sliding,
+            "fixed-window": self._fixed,
+            "moving-window": self._moving,
+        }[strategy]
 
     def consume(self, rules: Sequence[Rule], cost: int, now: float) -> list[Outcome]:
         """Consume from every rule; a rolling window that rejects keeps nothing (as its ``hit`` would)."""
-        storage = self.storage
-        outcomes = []
-        for rule in rules:
-            if rule.is_period:
-                outcomes.append(_period(rule, storage.incr(rule.key, rule.period_expiry(now), cost), now))
-            elif self.strategy_name == "sliding-window-counter":
-                outcomes.append(self._sliding(rule, cost))
-            elif self.strategy_name == "fixed-window":
-                count = storage.incr(rule.key, rule.expiry, cost)
-                reset = max(0.0, storage.get_expiry(rule.key) - time.time())
-                outcomes.append((count <= rule.amount, count, max(0, rule.amount - count), reset))
-            else:
-                admitted = storage.acquire_entry(rule.key, rule.amount, rule.expiry, cost)
-                start, count = storage.get_moving_window(rule.key, rule.amount, rule.expiry)
-                reset = max(0.0, start + rule.expiry - time.time()) if count else 0.0
-                outcomes.append((admitted, count, max(0, rule.amount - count), reset))
-        return outcomes
+        rolling = self._rolling
+        return [
+            _period(rule, self.storage.incr(rule.key, rule.period_expiry(now), cost), now)
+            if rule.is_period
+            else rolling(rule, cost)
+            for rule in rules
+        ]
+
+    def _fixed(self, rule: Rule, cost: int) -> Outcome:
+        count = self.storage.incr(rule.key, rule.expiry, cost)
+        reset = max(0.0, self.storage.get_expiry(rule.key) - time.time())
+        return count <= rule.amount, count, max(0, rule.amount - count), reset
+
+    def _moving(self, rule: Rule, cost: int) -> Outcome:
+        admitted = self.storage.acquire_entry(rule.key, rule.amount, rule.expiry, cost)
+        start, count = self.storage.get_moving_window(rule.key, rule.amount, rule.expiry)
+        reset = max(0.0, start + rule.expiry - time.time()) if count else 0.0
+        return admitted, count, max(0, rule.amount - count), reset
 
     def _sliding(self, rule: Rule, cost: int) -> Outcome:
         # The keys and weights of limits' MemoryStorage.acquire_sliding_window_entry / get_sliding_window. The
