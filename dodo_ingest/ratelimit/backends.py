@@ -20,13 +20,16 @@ import asyncio
 import math
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeAlias, cast
 
 from limits.limits import RateLimitItem
 from limits.storage import MemoryStorage, RedisStorage, Storage
 from limits.strategies import STRATEGIES, RateLimiter
+
+from dodo_ingest.ratelimit.decision import LimitState
 
 ASYNC_CONNECTIONS = 16  # per event loop
 PERIOD_GRACE = 3600  # seconds a period's key outlives the period (a late refund still finds it)
@@ -56,8 +59,24 @@ class Rule:
         return max(1, math.ceil(self.period_end - now)) + PERIOD_GRACE
 
 
-Outcome: TypeAlias = "tuple[bool, int, int, float]"
-"""What a store said about one rule: (admitted, units used, units remaining, seconds until it frees units)."""
+Outcome: TypeAlias = LimitState
+"""What a store said about one rule."""
+
+_new_state: Callable[[tuple[Any, ...]], LimitState] = cast(Any, partial(tuple.__new__, LimitState))
+
+
+def _outcome(rule: Rule, admitted: bool, used: int, remaining: int, reset: float) -> LimitState:
+    return _new_state(
+        (
+            rule.policy,
+            rule.amount,
+            used,
+            remaining if remaining > 0 else 0,
+            math.ceil(reset) if reset > 0 else 0,
+            rule.window,
+            not admitted,
+        )
+    )
 
 
 class GenericBackend:
@@ -105,27 +124,30 @@ class GenericBackend:
 
     def _stats(self, rule: Rule, admitted: bool) -> Outcome:
         reset_at, remaining = self.strategy.get_window_stats(rule.item, *rule.identifiers)
-        return admitted, rule.amount - remaining, remaining, max(0.0, reset_at - time.time())
+        return _outcome(rule, admitted, rule.amount - remaining, remaining, reset_at - time.time())
 
     def close(self) -> None:
         """Release connections (nothing to do for most storages)."""
 
 
 def _period(rule: Rule, count: int, now: float) -> Outcome:
-    return count <= rule.amount, count, max(0, rule.amount - count), max(0.0, rule.period_end - now)
+    return _outcome(rule, count <= rule.amount, count, rule.amount - count, rule.period_end - now)
 
 
 def _sliding(
-    admitted: bool, amount: int, expiry: int, previous: int, previous_ttl: float, current: int, current_ttl: float
+    rule: Rule, admitted: bool, previous: int, previous_ttl: float, current: int, current_ttl: float
 ) -> Outcome:
     """The sliding window counter's numbers, as ``limits``' ``SlidingWindowCounterRateLimiter`` computes them."""
+    expiry = rule.expiry
     weighted = math.floor(previous * previous_ttl / expiry + current)
     reset = 0.0
-    if previous or current:
-        previous_in = previous_ttl % (expiry / previous) if previous else math.inf
-        current_in = current_ttl % expiry if current else math.inf
-        reset = min(previous_in, current_in)
-    return admitted, weighted, max(0, amount - weighted), reset
+    if previous:
+        reset = previous_ttl % (expiry / previous)
+        if current:
+            reset = min(reset, current_ttl % expiry)
+    elif current:
+        reset = current_ttl % expiry
+    return _outcome(rule, admitted, weighted, rule.amount - weighted, reset)
 
 
 class MemoryBackend(GenericBackend):
@@ -154,14 +176,14 @@ class MemoryBackend(GenericBackend):
 
     def _fixed(self, rule: Rule, cost: int) -> Outcome:
         count = self.storage.incr(rule.key, rule.expiry, cost)
-        reset = max(0.0, self.storage.get_expiry(rule.key) - time.time())
-        return count <= rule.amount, count, max(0, rule.amount - count), reset
+        reset = self.storage.get_expiry(rule.key) - time.time()
+        return _outcome(rule, count <= rule.amount, count, rule.amount - count, reset)
 
     def _moving(self, rule: Rule, cost: int) -> Outcome:
         admitted = self.storage.acquire_entry(rule.key, rule.amount, rule.expiry, cost)
         start, count = self.storage.get_moving_window(rule.key, rule.amount, rule.expiry)
-        reset = max(0.0, start + rule.expiry - time.time()) if count else 0.0
-        return admitted, count, max(0, rule.amount - count), reset
+        reset = start + rule.expiry - time.time() if count else 0.0
+        return _outcome(rule, admitted, count, rule.amount - count, reset)
 
     def _sliding(self, rule: Rule, cost: int) -> Outcome:
         # The keys and weights of limits' MemoryStorage.acquire_sliding_window_entry / get_sliding_window. The
@@ -182,7 +204,7 @@ class MemoryBackend(GenericBackend):
         if not admitted:
             current = storage.decr(current_key, cost)
         current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
-        return _sliding(admitted, rule.amount, expiry, previous, previous_ttl, current, current_ttl)
+        return _sliding(rule, admitted, previous, previous_ttl, current, current_ttl)
 
     async def aconsume(self, rules: Sequence[Rule], cost: int, now: float) -> list[Outcome]:
         """In-process counters never block: run inline."""
@@ -266,9 +288,8 @@ class RedisBackend(GenericBackend):
                 w = second or [0, 0, 0, 0]
                 outcomes.append(
                     _sliding(
+                        rule,
                         bool(first),
-                        rule.amount,
-                        rule.expiry,
                         int(w[0] or 0),
                         max(0.0, float(w[1] or 0)) / 1000,
                         int(w[2] or 0),
@@ -277,11 +298,11 @@ class RedisBackend(GenericBackend):
                 )
             elif self.strategy_name == "fixed-window":
                 count = int(first)
-                outcomes.append((count <= rule.amount, count, max(0, rule.amount - count), max(0, int(second)) / 1000))
+                outcomes.append(_outcome(rule, count <= rule.amount, count, rule.amount - count, int(second) / 1000))
             else:
                 count = int(second[1]) if second else 0
-                reset = max(0.0, float(second[0]) + rule.expiry - wall) if second else 0.0
-                outcomes.append((bool(first), count, max(0, rule.amount - count), reset))
+                reset = float(second[0]) + rule.expiry - wall if second else 0.0
+                outcomes.append(_outcome(rule, bool(first), count, rule.amount - count, reset))
         return outcomes
 
     def consume(self, rules: Sequence[Rule], cost: int, now: float) -> list[Outcome]:

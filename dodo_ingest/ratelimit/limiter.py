@@ -71,7 +71,7 @@ from limits.storage import MemoryStorage, RedisStorage, Storage, storage_from_st
 from dodo_ingest.config import _Invalid
 from dodo_ingest.errors import ConfigurationError
 from dodo_ingest.ratelimit import settings as _settings
-from dodo_ingest.ratelimit.backends import GenericBackend, MemoryBackend, Outcome, RedisBackend, Rule
+from dodo_ingest.ratelimit.backends import GenericBackend, MemoryBackend, RedisBackend, Rule
 from dodo_ingest.ratelimit.decision import Decision, LimitState
 from dodo_ingest.ratelimit.periods import EPOCH, as_utc, period_containing
 
@@ -258,8 +258,6 @@ def _escape(identifier: str) -> str:
 # --- the limiter ----------------------------------------------------------------------------------------------
 
 AnchorHook: TypeAlias = "Callable[[str], datetime | Awaitable[datetime | None] | None]"
-_UNLIMITED = Decision(True, "unlimited")
-_FAILED_OPEN = Decision(True, "fail_open")
 
 
 class Limiter:
@@ -381,15 +379,15 @@ class Limiter:
             customer = spec if spec.__class__ is tuple else self._resolve(spec, customer_id)
             own = () if limits is None else self._resolve(_spec(limits), customer_id)
             if not customer and not own:
-                return _UNLIMITED
-            anchor = None
+                return Decision(True, "unlimited")
+            anchor: Any = None
             if self._anchor is not None and _any_period(customer, own):
                 anchor = self._anchor(customer_id)
                 if inspect.isawaitable(anchor):
                     _discard(anchor)
                     raise TypeError("rate_limit_billing_anchor is async; use acheck() from async code")
             now = self._clock()
-            rules = self._rules(customer_id, scope, customer, own, cast("datetime | None", anchor), now)
+            rules = self._rules(customer_id, scope, customer, own, anchor, now)
         except Exception as exc:
             return self._hook_failed(exc)
         if self._memory and os.getpid() != self._pid:
@@ -419,7 +417,7 @@ class Limiter:
             customer = await self._aresolve(self._limits, customer_id)
             own = await self._aresolve(_spec(limits), customer_id) if limits is not None else ()
             if not customer and not own:
-                return _UNLIMITED
+                return Decision(True, "unlimited")
             anchor: Any = None
             if self._anchor and _any_period(customer, own):
                 anchor = self._anchor(customer_id)
@@ -460,8 +458,7 @@ class Limiter:
             raise TypeError("rate_limit_billing_anchor is async; use ausage() from async code")
         now = self._clock()
         rules = self._rules(customer_id, scope, customer, own, anchor, now)
-        outcomes = self._backend.peek(rules, now)
-        return tuple(_state(rule, outcome) for rule, outcome in zip(rules, outcomes, strict=True))
+        return tuple(self._backend.peek(rules, now))
 
     async def ausage(self, customer_id: str, *, scope: str = "", limits: Any = None) -> tuple[LimitState, ...]:
         """:meth:`usage` for async code (the store is read in a worker thread)."""
@@ -476,8 +473,7 @@ class Limiter:
                 anchor = await anchor
         now = self._clock()
         rules = self._rules(customer_id, scope, customer, own, anchor, now)
-        outcomes = await asyncio.to_thread(self._backend.peek, rules, now)
-        return tuple(_state(rule, outcome) for rule, outcome in zip(rules, outcomes, strict=True))
+        return tuple(await asyncio.to_thread(self._backend.peek, rules, now))
 
     def stats(self) -> dict[str, int]:
         """Counters: ``limited`` (rejected checks), ``failed_open`` / ``failed_closed`` (checks decided without
@@ -561,25 +557,21 @@ class Limiter:
         self._periods[(anchor_ts, months)] = period
         return period
 
-    def _decide(self, rules: list[Rule], outcomes: list[Outcome], cost: int) -> Decision:
-        allowed = True
-        for outcome in outcomes:
-            if not outcome[0]:
-                allowed = False
+    def _decide(self, rules: list[Rule], states: list[LimitState], cost: int) -> Decision:
+        for state in states:
+            if state.exceeded:
                 break
-        if allowed:
-            return Decision(
-                True, "allowed", tuple([_state(rule, outcome) for rule, outcome in zip(rules, outcomes, strict=True)])
-            )
-        states = []
-        for rule, outcome in zip(rules, outcomes, strict=True):
+        else:
+            return Decision(True, "allowed", tuple(states))
+        reported = []
+        for rule, state in zip(rules, states, strict=True):
             if rule.is_period:  # refunded by the caller: report the count without this check
-                used = max(0, outcome[1] - cost)
-                outcome = (outcome[0], used, max(0, rule.amount - used), outcome[3])
-            states.append(_state(rule, outcome))
+                used = max(0, state.used - cost)
+                state = state._replace(used=used, remaining=max(0, rule.amount - used))
+            reported.append(state)
         self._count("limited")
-        retry_after = max(1, max(state.reset for state in states if state.exceeded))
-        return Decision(False, "limited", tuple(states), retry_after)
+        retry_after = max(1, max(state.reset for state in reported if state.exceeded))
+        return Decision(False, "limited", tuple(reported), retry_after)
 
     def _count(self, name: str) -> None:
         with self._stats_lock:
@@ -599,13 +591,13 @@ class Limiter:
             exc,
         )
         if self.fail_open:
-            return _FAILED_OPEN
+            return Decision(True, "fail_open")
         return Decision(False, "unavailable", retry_after=max(1, math.ceil(self.breaker.cooldown)))
 
     def _hook_failed(self, exc: Exception) -> Decision:
         self._count("limits_errors")
         self._log(f"rate limits could not be resolved ({type(exc).__name__}: {exc}); the request passed", exc)
-        return _FAILED_OPEN
+        return Decision(True, "fail_open")
 
     def _refund_failed(self, exc: Exception) -> None:
         self._count("refund_errors")
@@ -660,14 +652,6 @@ def _coerce(result: Any) -> tuple[RateLimit, ...]:
 
 def _any_period(*groups: tuple[RateLimit, ...]) -> bool:
     return any(limit.months for group in groups for limit in group)
-
-
-def _state(rule: Rule, outcome: Outcome) -> LimitState:
-    admitted, used, remaining, reset = outcome
-    return _new_state((rule.policy, rule.amount, used, remaining, math.ceil(reset), rule.window, not admitted))
-
-
-_new_state = LimitState._make
 
 
 def _discard(awaitable: Any) -> None:
