@@ -97,6 +97,24 @@ async def test_async_tasks_sharing_redis_get_exactly_50(redis_url: str) -> None:
     assert month.used == 50
 
 
+async def test_an_async_check_is_one_round_trip(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis.asyncio
+
+    sends = []
+    original = redis.asyncio.Connection.send_packed_command
+
+    async def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sends.append(command)
+        await original(self, command, check_health)
+
+    limiter = Limiter("5/minute;100/month", storage=redis_url)
+    await limiter.acheck("cus_warmup")  # connects, loads the scripts
+    monkeypatch.setattr(redis.asyncio.Connection, "send_packed_command", counting)
+    decisions = [await limiter.acheck("cus_1") for _ in range(5)]
+    assert len(sends) == 5 and all(d.allowed for d in decisions)
+    assert decisions[-1].remaining == 0
+
+
 def _process_worker(url: str, start: Any, results: Any) -> None:
     limiter = Limiter("50/minute", storage=url)
     start.wait()
