@@ -303,7 +303,7 @@ class Limiter:
         self._periods: dict[tuple[float, int], tuple[float, float]] = {}
         self._rule_cache: dict[tuple[Any, ...], tuple[Any, Any, list[Rule], float]] = {}
         self._counts = dict.fromkeys(
-            ("limited", "failed_open", "failed_closed", "storage_errors", "limits_errors", "refund_errors"), 0
+            ("rate_limited", "failed_open", "failed_closed", "storage_errors", "limits_errors", "refund_errors"), 0
         )
         self._counts["breaker_opened"] = 0
         self._stats_lock = threading.Lock()
@@ -476,7 +476,7 @@ class Limiter:
         return tuple(await asyncio.to_thread(self._backend.peek, rules, now))
 
     def stats(self) -> dict[str, int]:
-        """Counters: ``limited`` (rejected checks), ``failed_open`` / ``failed_closed`` (checks decided without
+        """Counters: ``rate_limited`` (rejected checks), ``failed_open`` / ``failed_closed`` (checks decided without
         the store), ``storage_errors``, ``limits_errors`` (a limits or anchor hook failed), ``refund_errors``,
         ``breaker_opened``."""
         with self._stats_lock:
@@ -569,7 +569,7 @@ class Limiter:
                 used = max(0, state.used - cost)
                 state = state._replace(used=used, remaining=max(0, rule.amount - used))
             reported.append(state)
-        self._count("limited")
+        self._count("rate_limited")
         retry_after = max(1, max(state.reset for state in reported if state.exceeded))
         return Decision(False, "limited", tuple(reported), retry_after)
 

@@ -88,7 +88,7 @@ def test_a_customer_gets_exactly_the_limit_then_a_rejection_with_retry_after(str
     assert rejected.retry_after is not None and 1 <= rejected.retry_after <= 60
     assert decisions[0].retry_after is None
     assert limiter.check("cus_2").allowed  # another customer has its own counter
-    assert limiter.stats()["limited"] == 1
+    assert limiter.stats()["rate_limited"] == 1
     assert [s.remaining for s in limiter.usage("cus_1")] == [0]
 
 
