@@ -33,3 +33,11 @@ def test_the_fast_path_matches_the_public_strategy_api(
     assert run(generic, costs) == fast_results
     assert [s.used for s in generic.usage("cus_1")] == [s.used for s in fast.usage("cus_1")]
     assert sum(allowed for allowed, _ in fast_results) == 3  # the view's 4/hour is the binding limit
+
+
+async def test_the_generic_backend_serves_async_checks_from_a_worker_thread(clock: ManualClock) -> None:
+    limiter = Limiter("3/minute;5/month", clock=clock)
+    limiter._backend = GenericBackend(storage_from_string("memory://"), "sliding-window-counter")  # type: ignore[arg-type]
+    results = [(await limiter.acheck("cus_1")).allowed for _ in range(4)]
+    assert results == [True, True, True, False]
+    assert [s.used for s in await limiter.ausage("cus_1")] == [3, 3]  # the rejected check was refunded

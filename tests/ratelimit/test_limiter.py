@@ -378,3 +378,25 @@ def test_a_forked_copy_of_a_memory_limiter_warns(caplog: pytest.LogCaptureFixtur
         limiter.check("cus_1")
         limiter.check("cus_1")
     assert len(caplog.records) == 1 and "forked process" in caplog.records[0].getMessage()
+
+
+def test_from_config_reads_attributes_of_a_config_object(clock: ManualClock) -> None:
+    class Config:
+        rate_limits = parse_limits("2/minute")
+        rate_limit_storage = "memory://"
+        rate_limit_strategy = "moving-window"
+        rate_limit_fail_open = False
+        rate_limit_timeout = 0.05
+
+    limiter = Limiter.from_config(Config(), workers=1, clock=clock)
+    assert (limiter.strategy, limiter.fail_open, limiter.timeout) == ("moving-window", False, 0.05)
+    assert allowed(limiter, "cus_1", 3) == 2
+
+
+def test_usage_reports_a_views_own_limits_by_scope(clock: ManualClock) -> None:
+    limiter = Limiter("100/month", clock=clock)
+    for _ in range(3):
+        limiter.check("cus_1", scope="render", cost=2, limits="10/hour")
+    usage = limiter.usage("cus_1", scope="render", limits="10/hour")
+    assert [(s.policy, s.used, s.remaining) for s in usage] == [("100/month", 6, 94), ("render:10/hour", 6, 4)]
+    assert usage[0]._asdict()["window"] == 31 * 86400
