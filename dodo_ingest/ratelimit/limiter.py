@@ -44,7 +44,9 @@ On Redis a check is one pipelined round trip whatever the number of limits (see 
 that must refund a period adds one. The store is reached with a short socket timeout (``rate_limit_timeout``,
 0.1 s) and no retries; after 3 failures in a row a circuit breaker stops calling it for 2 s, then lets one check
 probe it. While it is down checks pass when ``rate_limit_fail_open`` (default), counted as ``failed_open`` and
-logged at most every 30 s, or get a 503 decision otherwise.
+logged at most every 30 s, or get a 503 decision otherwise. A check that timed out has an unknown outcome: a
+hung Redis that resumes may still run the commands it had received, so the units of a request that passed may
+or may not be counted (at most one check's worth per timed-out check).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import redis
 
 from dodo_ingest.ratelimit import Limiter
 from dodo_ingest.ratelimit.limiter import CircuitBreaker
+from tests.helpers import wait_until
 from tests.ratelimit.conftest import ManualClock
 from tests.ratelimit.redis_server import RedisServer
 
@@ -182,3 +183,37 @@ def test_redis_stopped_mid_run_fails_open_then_limits_resume(counting: type[Roun
         assert [limiter.check("cus_1").allowed for _ in range(4)] == [True, True, True, False]
         assert limiter.breaker.state == "closed"
         assert limiter.stats()["failed_open"] == 250
+
+
+@pytest.mark.slow
+def test_a_hung_redis_times_out_then_the_breaker_stops_all_waits(counting: type[RoundTrips]) -> None:
+    import signal
+
+    with RedisServer() as server:
+        monotonic = [0.0]
+        limiter = Limiter("3/minute", storage=server.url, timeout=0.05, storage_options={"connection_class": counting})
+        limiter.breaker = CircuitBreaker(threshold=3, cooldown=5.0, clock=lambda: monotonic[0])
+        assert limiter.check("cus_1").allowed
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)  # accepts nothing more, answers nothing: reads time out
+        try:
+            down = [limiter.check("cus_1") for _ in range(3)]
+            assert all(d.reason == "fail_open" for d in down)
+            assert limiter.breaker.state == "open" and limiter.stats()["storage_errors"] == 3
+            sends, connects = counting.sends, counting.connects
+            assert all(limiter.check("cus_1").reason == "fail_open" for _ in range(100))
+            assert (counting.sends, counting.connects) == (sends, connects)  # nothing waited on the hung server
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        monotonic[0] += 5.0
+        observer = redis.Redis(port=server.port)
+        # the timed-out checks' connections: once the server has read and closed them, the count is final
+        assert wait_until(lambda: observer.info("clients")["connected_clients"] == 1)
+        # Commands that timed out sat in the server's socket buffers and may run now that it resumed: a timed-out
+        # check's outcome is unknown (its request passed, so its units may count). Limits resume from the counter.
+        used = limiter.usage("cus_1")[0].used
+        assert 1 <= used <= 4
+        assert [limiter.check("cus_1").allowed for _ in range(4)] == [True] * max(0, 3 - used) + [False] * (
+            4 - max(0, 3 - used)
+        )
+        assert limiter.breaker.state == "closed"
