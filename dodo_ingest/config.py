@@ -247,6 +247,9 @@ class Setting:
         return PREFIX + self.name.upper()
 
 
+# The rate-limit settings live beside their parsers; that module needs only what is defined above.
+from dodo_ingest.ratelimit.settings import DEFAULT_STORAGE, RATE_LIMIT_SETTINGS  # noqa: E402
+
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "api_key",
@@ -435,6 +438,8 @@ SETTINGS: tuple[Setting, ...] = (
         "Add `user_agent` to metadata (personal data: opt-in).",
         scope="request",
     ),
+    # --- rate limits and quotas, checked before the view (dodo_ingest.ratelimit) ---
+    *RATE_LIMIT_SETTINGS,
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -472,6 +477,17 @@ class RequestConfig:
     metadata_hook: Callable[..., Any] | None = None
     capture_client_ip: bool = _default("capture_client_ip")
     capture_user_agent: bool = _default("capture_user_agent")
+    #: Parsed limits (a tuple of ``dodo_ingest.ratelimit.RateLimit``) or a callable; None: rate limiting is off.
+    rate_limits: Any = None
+    rate_limit_storage: str = DEFAULT_STORAGE  # parsing it would import `limits`, an optional extra
+    rate_limit_strategy: str = _default("rate_limit_strategy")
+    rate_limit_fail_open: bool = _default("rate_limit_fail_open")
+    rate_limit_timeout: float = _default("rate_limit_timeout")
+    rate_limit_key: Callable[..., Any] | None = None
+    rate_limit_billing_anchor: Callable[..., Any] | None = None
+    rate_limit_legacy_headers: bool = _default("rate_limit_legacy_headers")
+    rate_limit_rejected_event: str | None = None
+    rate_limit_response: Callable[..., Any] | None = None
 
     @classmethod
     def load(

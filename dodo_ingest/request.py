@@ -26,9 +26,20 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import logging
+import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+)
 from typing import TYPE_CHECKING, Any
 
 from dodo_ingest.batcher import LazyMetadata
@@ -36,7 +47,10 @@ from dodo_ingest.config import UNMATCHED_ENDPOINT, RequestConfig
 from dodo_ingest.stats import RateLimitedLog
 
 if TYPE_CHECKING:
+    import asyncio
+
     from dodo_ingest.ingestion import Ingestion
+    from dodo_ingest.ratelimit import Decision, Limiter
 
 logger = logging.getLogger("dodo_ingest.request")
 
@@ -46,9 +60,13 @@ ADAPTER_KEY = "dodo_ingest.adapter"
 CUSTOMER_KEY = "dodo_ingest.customer_id"
 #: What an adapter that declined a request (filters) leaves under :data:`ADAPTER_KEY`.
 DECLINED = "declined"
+#: Key holding the request's :class:`LimitCheck`: a request is checked once, whichever adapters see it.
+LIMIT_KEY = "dodo_ingest.rate_limit"
 
 #: The clock of request timings.
 now = time.perf_counter
+
+_build_lock = threading.Lock()
 
 
 class Annotations:
@@ -137,6 +155,7 @@ class RequestEvent(LazyMetadata):
     __slots__ = (
         "annotated",
         "client_ip",
+        "cost",
         "duration",
         "endpoint",
         "error",
@@ -160,6 +179,7 @@ class RequestEvent(LazyMetadata):
         self.user_agent = request.user_agent
         self.annotated = request.annotations.metadata
         self.extra = request.extra
+        self.cost: int | None = None
 
     def build(self) -> dict[str, Any]:
         """Dodo's API-gateway metadata; the user's keys never overwrite the built-in ones."""
@@ -179,6 +199,8 @@ class RequestEvent(LazyMetadata):
             metadata["client_ip"] = self.client_ip
         if self.user_agent:
             metadata["user_agent"] = self.user_agent
+        if self.cost is not None:
+            metadata["cost"] = self.cost
         for extra in (self.annotated, self.extra):
             if extra:
                 for key, value in extra.items():
@@ -186,14 +208,103 @@ class RequestEvent(LazyMetadata):
         return metadata
 
 
+class LimitCheck:
+    """One request's rate-limit check: whose units, which limits, how many, what was decided."""
+
+    __slots__ = ("at", "cost", "customer", "decision", "limiter", "limits", "scope")
+
+    def __init__(
+        self, limiter: Limiter, customer: str, scope: str, cost: int, limits: Any, at: float, decision: Decision
+    ) -> None:
+        self.limiter = limiter
+        self.customer = customer
+        self.scope = scope
+        self.cost = cost
+        self.limits = limits
+        self.at = at
+        self.decision = decision
+
+    def __repr__(self) -> str:
+        return f"<LimitCheck {self.customer!r} scope={self.scope!r} cost={self.cost} {self.decision.reason}>"
+
+
+def build_limiter(config: RequestConfig, *, customer_limits: bool = True) -> Limiter:
+    """The :class:`~dodo_ingest.ratelimit.Limiter` of these request settings (``customer_limits=False``: only
+    per-view limits). Raises :class:`~dodo_ingest.errors.ConfigurationError` without the ``ratelimit`` extra."""
+    from dodo_ingest.errors import ConfigurationError
+
+    try:
+        from dodo_ingest.ratelimit import Limiter
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"rate limiting needs the `limits` package ({exc}); install it with: pip install 'dodo-ingest[ratelimit]'"
+        ) from None
+    names = (
+        "rate_limit_storage",
+        "rate_limit_strategy",
+        "rate_limit_fail_open",
+        "rate_limit_timeout",
+        "rate_limit_billing_anchor",
+    )
+    settings = {name: getattr(config, name) for name in names}
+    settings["rate_limits"] = config.rate_limits if customer_limits else None
+    return Limiter.from_config(settings)
+
+
 class Meter:
-    """One adapter's request path: its request settings on an :class:`Ingestion`'s shared batcher."""
+    """One adapter's request path: its request settings on an :class:`Ingestion`'s shared batcher.
+
+    :attr:`limiter` is the customers' rate limiter when ``rate_limits`` is set, else None (then a request pays
+    nothing for rate limiting but this one attribute check).
+    """
 
     def __init__(self, ingestion: Ingestion, config: RequestConfig | None = None) -> None:
         self.ingestion = ingestion
         self.config: RequestConfig = config or ingestion.config.request
         self.batcher = ingestion.batcher
         self.log = RateLimitedLog(logger)
+        self.limiter: Limiter | None = None
+        if self.config.enabled and self.config.rate_limits is not None:
+            self.limiter = build_limiter(self.config)
+        self._view_limiter: Limiter | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def view_limiter(self) -> Limiter:
+        """The limiter of per-view limits: :attr:`limiter`, or (customer limits off) one built on first use."""
+        limiter = self.limiter or self._view_limiter
+        if limiter is None:
+            with _build_lock:
+                limiter = self._view_limiter
+                if limiter is None:
+                    limiter = self._view_limiter = build_limiter(self.config, customer_limits=False)
+        return limiter
+
+    def usage(self, customer_id: str, *, scope: str = "", limits: Any = None) -> tuple[Any, ...]:
+        """The customer's limits as they stand (:meth:`Limiter.usage`: used, remaining, reset), consuming
+        nothing; empty when rate limiting is off. Raises the store's error (this is for the app's own UI)."""
+        if self.limiter is None and limits is None:
+            return ()
+        limiter = self.limiter or self.view_limiter
+        return limiter.usage(customer_id, scope=scope, limits=limits)
+
+    def settle(self, limiter: Limiter, customer: str, units: int, check: LimitCheck | None) -> None:
+        """Add ``units`` (negative: give them back) to a customer's billing periods, so that the quota counts
+        what is billed. In memory or off an event loop now; on a running loop as a task (no blocking there)."""
+        scope, limits, at = ("", None, None) if check is None else (check.scope, check.limits, check.at)
+        if not limiter.in_memory:
+            try:
+                import asyncio
+
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                task = loop.create_task(limiter.aadjust(customer, units, scope=scope, limits=limits, now=at))
+                self._tasks.add(task)  # the loop keeps only a weak reference to a task
+                task.add_done_callback(self._tasks.discard)
+                return
+        limiter.adjust(customer, units, scope=scope, limits=limits, now=at)
 
     def __repr__(self) -> str:
         return f"<Meter event_name={self.config.event_name!r} via {self.ingestion!r}>"
@@ -289,6 +400,7 @@ class MeteredRequest:
         "error",
         "event_name",
         "extra",
+        "limit_check",
         "meter",
         "method",
         "path",
@@ -322,6 +434,7 @@ class MeteredRequest:
         self.skip_reason: str | None = None
         self.resolved = False
         self.done = False
+        self.limit_check: LimitCheck | None = None
         self.annotations = Annotations()
         self.token: contextvars.Token[Annotations | None] | None = _current.set(self.annotations)
 
@@ -364,6 +477,141 @@ class MeteredRequest:
     def claimed(self) -> bool:
         """Whether this adapter is still the innermost one to have claimed the request."""
         return self.carrier.get(ADAPTER_KEY) is self
+
+    # --- the rate-limit check, before the view ---------------------------------------------------------------
+
+    def limit(
+        self,
+        key_args: tuple[Any, ...] = (),
+        default_customer: Callable[[], Any] | None = None,
+        *,
+        scope: str = "",
+        cost: int = 1,
+        limits: Any = None,
+    ) -> Decision | None:
+        """Check the request's rate limits before the view runs: consume ``cost`` units of the customer's
+        limits, and of ``limits`` (a view's own, counted per ``scope``). Once per request: a request already
+        checked (by an outer adapter too) gets that decision again. None when nothing was checked (rate
+        limiting off, or no customer known yet). Never raises.
+
+        The customer is, in this order: ``annotate(customer_id=...)`` / ``set_customer()``, the
+        ``rate_limit_key`` hook (called with ``key_args``), the framework's default (``default_customer``),
+        ``fallback_customer_id``."""
+        existing = self.carrier.get(LIMIT_KEY)
+        if existing is not None:
+            self.limit_check = existing
+            return existing.decision  # type: ignore[no-any-return]
+        try:
+            meter = self.meter
+            limiter = meter.limiter if limits is None else meter.view_limiter
+            if limiter is None:
+                return None
+            customer = self.annotations.customer_id or self.carrier.get(CUSTOMER_KEY)
+            if customer is None and meter.config.rate_limit_key is not None:
+                customer = self._key(key_args)
+            if customer is None and default_customer is not None:
+                try:
+                    customer = default_customer()
+                except Exception:
+                    meter.hook_failed(default_customer)
+            return self._check(limiter, customer, scope, cost, limits, None)
+        except Exception:
+            self.meter.internal_error()
+            return None
+
+    async def alimit(
+        self,
+        key_args: tuple[Any, ...] = (),
+        default_customer: Callable[[], Awaitable[Any]] | None = None,
+        *,
+        scope: str = "",
+        cost: int = 1,
+        limits: Any = None,
+    ) -> Decision | None:
+        """:meth:`limit` for async code: the check never blocks the event loop (``limits.aio``); the default
+        customer is awaited, and so is the ``rate_limit_key`` hook when it is async."""
+        existing = self.carrier.get(LIMIT_KEY)
+        if existing is not None:
+            self.limit_check = existing
+            return existing.decision  # type: ignore[no-any-return]
+        try:
+            meter = self.meter
+            limiter = meter.limiter if limits is None else meter.view_limiter
+            if limiter is None:
+                return None
+            customer = self.annotations.customer_id or self.carrier.get(CUSTOMER_KEY)
+            if customer is None and meter.config.rate_limit_key is not None:
+                customer = self._key(key_args)
+                if inspect.isawaitable(customer):
+                    try:
+                        customer = await customer
+                    except Exception:
+                        meter.hook_failed(meter.config.rate_limit_key)
+                        customer = None
+            if customer is None and default_customer is not None:
+                try:
+                    customer = await default_customer()
+                except Exception:
+                    meter.hook_failed(default_customer)
+            at = limiter.clock()
+            customer = self._limit_customer(customer)
+            if customer is None:
+                return None
+            decision = await limiter.acheck(customer, scope=scope, cost=cost, limits=limits)
+            return self._checked(limiter, customer, scope, cost, limits, at, decision)
+        except Exception:
+            self.meter.internal_error()
+            return None
+
+    def _key(self, key_args: tuple[Any, ...]) -> Any:
+        hook = self.meter.config.rate_limit_key
+        assert hook is not None
+        try:
+            return hook(*key_args)
+        except Exception:
+            self.meter.hook_failed(hook)
+            return None
+
+    def _limit_customer(self, customer: Any) -> str | None:
+        if customer is None:
+            customer = self.meter.config.fallback_customer_id
+        # Not a usable id: not limited here, and finish() skips the request as invalid_customer.
+        return customer if isinstance(customer, str) and customer.strip() else None
+
+    def _check(
+        self, limiter: Limiter, customer: Any, scope: str, cost: int, limits: Any, at: float | None
+    ) -> Decision | None:
+        at = limiter.clock() if at is None else at
+        customer = self._limit_customer(customer)
+        if customer is None:
+            return None
+        return self._checked(
+            limiter, customer, scope, cost, limits, at, limiter.check(customer, scope=scope, cost=cost, limits=limits)
+        )
+
+    def _checked(
+        self, limiter: Limiter, customer: str, scope: str, cost: int, limits: Any, at: float, decision: Decision
+    ) -> Decision:
+        check = LimitCheck(limiter, customer, scope, cost, limits, at, decision)
+        self.limit_check = self.carrier[LIMIT_KEY] = check
+        return decision
+
+    def rate_limit_headers(self) -> list[tuple[str, str]]:
+        """The ``RateLimit-Policy`` / ``RateLimit`` fields (``X-RateLimit-*`` with ``rate_limit_legacy_headers``,
+        ``Retry-After`` on a rejection) for the response of a checked request; empty if it was not checked."""
+        check = self.limit_check
+        if check is None:
+            return []
+        return check.decision.headers(legacy=self.meter.config.rate_limit_legacy_headers)
+
+    def rejection(self) -> tuple[int, list[tuple[str, str]], bytes]:
+        """The default answer to a rejected request: ``(429, headers, JSON body)`` (503 if the store was down
+        and ``rate_limit_fail_open`` is False)."""
+        from dodo_ingest.ratelimit import rejection_response
+
+        check = self.limit_check
+        assert check is not None
+        return rejection_response(check.decision, legacy_headers=self.meter.config.rate_limit_legacy_headers)
 
     # --- the user's hooks, while the framework's context exists -------------------------------------------
 
@@ -427,8 +675,13 @@ class MeteredRequest:
                 return False
             if not self.resolved:
                 self.resolve(hook_args, default_customer)
+            check = self.limit_check
+            if check is not None and not check.decision.allowed:
+                return self._rejected(check, finished)
             if self.skip_reason is not None or self.annotations.exempt:
                 meter.batcher.counters.skip(self.skip_reason or "filtered")
+                if check is not None:
+                    self._settle(check, None)
                 return False
             config = meter.config
             # What the app set explicitly wins, even when it set it late (inside a streamed body).
@@ -436,8 +689,11 @@ class MeteredRequest:
                 self.annotations.customer_id
                 or self.carrier.get(CUSTOMER_KEY)
                 or self.customer
+                or (check.customer if check is not None else None)
                 or config.fallback_customer_id
             )
+            if check is not None and (not isinstance(customer, str) or not customer.strip()):
+                self._settle(check, None)  # not billed: the checked units go back
             if customer is None:
                 meter.batcher.counters.skip("no_customer")
                 return False
@@ -457,10 +713,44 @@ class MeteredRequest:
             if not config.capture_user_agent:
                 self.user_agent = None
             event_name = self.annotations.event_name or self.event_name or config.event_name
-            return meter.batcher.enqueue(customer, event_name, RequestEvent(self, finished - self.started))
+            event = RequestEvent(self, finished - self.started)
+            if check is not None or meter.limiter is not None:
+                event.cost = self._settle(check, customer)
+            return meter.batcher.enqueue(customer, event_name, event)
         except Exception:
             meter.internal_error()
             return False
+
+    def _rejected(self, check: LimitCheck, finished: float) -> bool:
+        """A request the limiter rejected: not billed (``skipped["rate_limited"]``), unless
+        ``rate_limit_rejected_event`` names the event to send it as. Its units were never counted."""
+        meter = self.meter
+        event_name = meter.config.rate_limit_rejected_event
+        if event_name is None:
+            meter.batcher.counters.skip("rate_limited")
+            return False
+        event = RequestEvent(self, finished - self.started)
+        event.cost = check.cost
+        return meter.batcher.enqueue(check.customer, event_name, event)
+
+    def _settle(self, check: LimitCheck | None, billed: str | None) -> int:
+        """Make the quota count what is billed; return the units the event bills (its ``cost``).
+
+        A checked request billed to the customer it was checked for is already counted. Otherwise its units
+        go back to the checked customer and to the billed one; a request billed without a check (it never
+        reached the view: a 404, a 401 from authentication) is added to its customer's quota."""
+        meter = self.meter
+        if check is None:
+            if billed is not None and meter.limiter is not None:
+                meter.settle(meter.limiter, billed, 1, None)
+            return 1
+        if billed != check.customer:
+            reason = check.decision.reason
+            if reason == "allowed":
+                meter.settle(check.limiter, check.customer, -check.cost, check)
+            if billed is not None and reason != "fail_open":
+                meter.settle(check.limiter, billed, check.cost, check)
+        return check.cost
 
 
 # --- bodies: one counting wrapper for sync and async iterables -----------------------------------------------

@@ -34,6 +34,7 @@ counted under ``stats().skipped["adapter_error"]``, and the response goes on unt
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from http import HTTPStatus
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,8 @@ from dodo_ingest.routes import RouteResolver, default_route_resolver
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from dodo_ingest.ratelimit import Limiter, LimitState
 
 __all__ = ["ADAPTER_KEY", "CUSTOMER_KEY", "DodoIngestMiddleware", "request_path", "set_customer"]
 
@@ -92,6 +95,10 @@ class DodoIngestMiddleware:
         if metered is None:
             return self.app(environ, start_response)
         response = _MeteredResponse(self, metered, environ, start_response)
+        if self.meter.limiter is not None:
+            decision = metered.limit((environ,))
+            if decision is not None and not decision.allowed:
+                return response.reject()
         try:
             result = self.app(environ, response.start_response)
         except BaseException as exc:
@@ -99,6 +106,18 @@ class DodoIngestMiddleware:
             response.finish()
             raise
         return response.wrap(result)
+
+    # --- rate limits ----------------------------------------------------------------------------------------
+
+    @property
+    def limiter(self) -> Limiter | None:
+        """The customers' rate limiter (None when ``rate_limits`` is unset)."""
+        return self.meter.limiter
+
+    def usage(self, customer_id: str) -> tuple[LimitState, ...]:
+        """A customer's limits as they stand (used, remaining, seconds to reset), for your own UI; consumes
+        nothing. Empty when rate limiting is off; raises the store's error if it is down."""
+        return self.meter.usage(customer_id)
 
     # --- control, for scripts and tests -------------------------------------------------------------------
 
@@ -157,7 +176,10 @@ class _MeteredResponse:
         headers: list[tuple[str, str]],
         exc_info: tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None] | None = None,
     ) -> Any:
-        """PEP 3333 ``start_response``: remember status and headers, pass everything through."""
+        """PEP 3333 ``start_response``: remember status and headers, pass everything through (adding the
+        rate-limit fields of a checked request that this middleware meters)."""
+        if self.metered.limit_check is not None and self.metered.claimed:
+            headers = _with_headers(headers, self.metered.rate_limit_headers())
         self.status = status
         self.headers = headers
         if exc_info is None:
@@ -166,6 +188,26 @@ class _MeteredResponse:
             write = self.upstream_start_response(status, headers, exc_info)
         self.upstream_write = write
         return self.write
+
+    def reject(self) -> Iterable[bytes]:
+        """Answer a request the rate limiter rejected, without calling the app: the ``rate_limit_response``
+        hook's ``(status, headers, body)`` if configured, else 429 (503 when failing closed) with JSON."""
+        metered = self.metered
+        code, headers, body = metered.rejection()
+        status = _status_line(code)
+        hook = metered.meter.config.rate_limit_response
+        if hook is not None:
+            check = metered.limit_check
+            assert check is not None
+            try:
+                custom_status, custom_headers, custom_body = hook(self.environ, check.decision)
+                status = custom_status if isinstance(custom_status, str) else _status_line(int(custom_status))
+                headers = _with_headers(list(custom_headers), headers[2:])  # keep its type and length
+                body = custom_body.encode() if isinstance(custom_body, str) else bytes(custom_body)
+            except Exception:
+                metered.meter.hook_failed(hook)  # the default answer, then
+        self.start_response(status, headers)
+        return self.wrap([body])
 
     def write(self, data: bytes) -> Any:
         """The legacy ``write()`` callable, counting the bytes written through it."""
@@ -253,6 +295,21 @@ class _MeteredResponse:
         except Exception:
             metered.broke()
         metered.finish((self.environ, self.status or f"{metered.status_code} ", self.headers))
+
+
+def _status_line(code: int) -> str:
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return f"{code} Unknown"
+
+
+def _with_headers(headers: list[tuple[str, str]], extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``headers`` plus those of ``extra`` whose name it does not have yet (the app's own values win)."""
+    if not extra:
+        return headers
+    present = {name.lower() for name, _ in headers}
+    return [*headers, *[(name, value) for name, value in extra if name.lower() not in present]]
 
 
 def _content_length(headers: list[tuple[str, str]]) -> int | None:

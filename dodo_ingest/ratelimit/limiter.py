@@ -477,6 +477,106 @@ class Limiter:
         rules = self._rules(customer_id, scope, customer, own, anchor, now)
         return tuple(await asyncio.to_thread(self._backend.peek, rules, now))
 
+    # --- settling with the bill -------------------------------------------------------------------------------
+
+    def adjust(
+        self, customer_id: str, units: int, *, scope: str = "", limits: Any = None, now: float | None = None
+    ) -> bool:
+        """Add ``units`` to the customer's billing periods (and to ``limits``' periods for ``scope``), checking
+        no limit; negative ``units`` give units back. For the requests whose bill and check differ: billed
+        without a check (they never reached the view: a 404, a 401 from authentication), or checked and
+        then not billed (``should_meter`` said no, the view was exempted). Rolling windows are left alone:
+        they limit a rate, not a bill. ``now`` (this Limiter's :attr:`clock`) places the period, so a request
+        that ran across a period's end settles in the period it was checked in. Never raises; False when the
+        store or a hook failed (counted as ``refund_errors`` / ``limits_errors``)."""
+        if not units:
+            return True
+        try:
+            prepared = self._periods_for(customer_id, scope, limits, now)
+            if prepared is None:
+                return True
+            rules, at = prepared
+        except Exception as exc:
+            self._adjust_failed(exc)
+            return False
+        if self._memory and os.getpid() != self._pid:
+            self._forked()
+        if not self.breaker.allow():
+            self._count("refund_errors")
+            return False
+        try:
+            self._backend.refund(rules, -units, at)
+        except Exception as exc:
+            self._store_failed_on_adjust(exc)
+            return False
+        self.breaker.success()
+        return True
+
+    async def aadjust(
+        self, customer_id: str, units: int, *, scope: str = "", limits: Any = None, now: float | None = None
+    ) -> bool:
+        """:meth:`adjust` for async code (``limits.aio`` on Redis; the limits callable may be async)."""
+        if not units:
+            return True
+        try:
+            customer = await self._aresolve(self._limits, customer_id)
+            own = await self._aresolve(_spec(limits), customer_id) if limits is not None else ()
+            if not _any_period(customer, own):
+                return True
+            anchor: Any = self._anchor(customer_id) if self._anchor else None
+            if inspect.isawaitable(anchor):
+                anchor = await anchor
+            at = self._clock() if now is None else now
+            rules = [rule for rule in self._rules(customer_id, scope, customer, own, anchor, at) if rule.is_period]
+        except Exception as exc:
+            self._adjust_failed(exc)
+            return False
+        if not self.breaker.allow():
+            self._count("refund_errors")
+            return False
+        try:
+            await self._backend.arefund(rules, -units, at)
+        except Exception as exc:
+            self._store_failed_on_adjust(exc)
+            return False
+        self.breaker.success()
+        return True
+
+    def _periods_for(
+        self, customer_id: str, scope: str, limits: Any, now: float | None
+    ) -> tuple[list[Rule], float] | None:
+        customer = self._resolve(self._limits, customer_id)
+        own = self._resolve(_spec(limits), customer_id) if limits is not None else ()
+        if not _any_period(customer, own):
+            return None
+        anchor = self._anchor(customer_id) if self._anchor else None
+        if inspect.isawaitable(anchor):
+            _discard(anchor)
+            raise TypeError("rate_limit_billing_anchor is async; use aadjust() from async code")
+        at = self._clock() if now is None else now
+        return [rule for rule in self._rules(customer_id, scope, customer, own, anchor, at) if rule.is_period], at
+
+    def _adjust_failed(self, exc: Exception) -> None:
+        self._count("limits_errors")
+        self._log(f"rate limits could not be resolved ({type(exc).__name__}: {exc}); a quota was not settled", exc)
+
+    def _store_failed_on_adjust(self, exc: Exception) -> None:
+        self._count("storage_errors")
+        if self.breaker.failure():
+            self._count("breaker_opened")
+        self._count("refund_errors")
+        self._log(f"a request's quota units could not be settled with its bill ({type(exc).__name__}: {exc})", exc)
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock (epoch seconds) that places billing periods."""
+        return self._clock
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the store is this process's memory (a check then never waits on I/O)."""
+        return self._memory
+
     def stats(self) -> dict[str, int]:
         """Counters: ``rate_limited`` (rejected checks), ``failed_open`` / ``failed_closed`` (checks decided without
         the store), ``storage_errors``, ``limits_errors`` (a limits or anchor hook failed), ``refund_errors``,

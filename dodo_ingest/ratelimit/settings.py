@@ -125,6 +125,11 @@ def parse_key(value: Any) -> Callable[..., Any] | None:
     return _callable(value, "a callable (request) -> customer id")
 
 
+def parse_response(value: Any) -> Callable[..., Any] | None:
+    """None, a callable ``(request, decision) -> response``, or a dotted path to one."""
+    return _callable(value, "a callable (request, decision) -> response")
+
+
 def _optional_event_name(value: Any) -> str | None:
     if value is None:
         return None
@@ -146,6 +151,7 @@ RATE_LIMIT_SETTINGS: tuple[Setting, ...] = (
         "a list of such strings, or a callable / dotted path `(customer_id) -> limits | None` (None: unlimited; "
         "may be async). `N/month` and `N/year` are billing periods (see `rate_limit_billing_anchor`); seconds, "
         "minutes, hours and days are rolling windows. Off when unset.",
+        scope="request",
     ),
     Setting(
         "rate_limit_storage",
@@ -153,6 +159,7 @@ RATE_LIMIT_SETTINGS: tuple[Setting, ...] = (
         parse_storage,
         "A `limits` storage URI: `memory://` (one process: limits multiply by the number of worker processes, "
         "a warning says so) or `redis://host:6379/0` (shared by every worker and host).",
+        scope="request",
     ),
     Setting(
         "rate_limit_strategy",
@@ -160,6 +167,7 @@ RATE_LIMIT_SETTINGS: tuple[Setting, ...] = (
         parse_strategy,
         f"How rolling windows count: {_names(STRATEGIES)}. The default keeps two counters per limit and "
         "does not depend on client clocks; `moving-window` is exact but stores one entry per unit.",
+        scope="request",
     ),
     Setting(
         "rate_limit_fail_open",
@@ -167,6 +175,7 @@ RATE_LIMIT_SETTINGS: tuple[Setting, ...] = (
         parse_flag,
         "When the storage is unreachable, let requests pass (counted as `failed_open`, logged at most every "
         "30 s); False rejects them with 503. A circuit breaker stops trying for 2 s after 3 failures in a row.",
+        scope="request",
     ),
     Setting(
         "rate_limit_timeout",
@@ -174,6 +183,7 @@ RATE_LIMIT_SETTINGS: tuple[Setting, ...] = (
         parse_timeout,
         "Seconds to connect to / wait for the storage on one check; no retries (a dead store costs at most "
         "this, and nothing once the circuit breaker is open).",
+        scope="request",
     ),
     Setting(
         "rate_limit_key",
@@ -181,6 +191,7 @@ RATE_LIMIT_SETTINGS: tuple[Setting, ...] = (
         parse_key,
         "Callable `(request) -> customer id | None` run before the view to find whose limit a request "
         "consumes (e.g. from an API-key header). Unset: the customer resolution that can run before the view.",
+        scope="request",
     ),
     Setting(
         "rate_limit_billing_anchor",
@@ -189,6 +200,7 @@ RATE_LIMIT_SETTINGS: tuple[Setting, ...] = (
         "Callable `(customer_id) -> datetime | None` (may be async): the start of the customer's billing cycle. "
         "Periods then run from that day and time of day in each month (clamped to the month's last day). "
         "Unset or None: calendar months in UTC.",
+        scope="request",
     ),
     Setting(
         "rate_limit_legacy_headers",
@@ -196,6 +208,7 @@ RATE_LIMIT_SETTINGS: tuple[Setting, ...] = (
         parse_flag,
         "Also send `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset` (epoch seconds) beside "
         "the IETF `RateLimit-Policy` / `RateLimit` fields.",
+        scope="request",
     ),
     Setting(
         "rate_limit_rejected_event",
@@ -203,5 +216,16 @@ RATE_LIMIT_SETTINGS: tuple[Setting, ...] = (
         _optional_event_name,
         "What a request rejected by the limiter sends to Dodo: None (default) sends nothing, so quota and bill "
         "agree; an event name sends it under that name (your meter's own name bills it).",
+        scope="request",
+    ),
+    Setting(
+        "rate_limit_response",
+        None,
+        parse_response,
+        "Callable building the answer to a rejected request instead of the default 429 JSON body: Django "
+        "`(request, decision) -> HttpResponse` (a view), Flask `(request, decision) -> response value` (or "
+        "`@app.errorhandler(429)`), WSGI `(environ, decision) -> (status, headers, body)`. `Retry-After` and the "
+        "`RateLimit` fields are added to its response. Dotted path accepted.",
+        scope="request",
     ),
 )
