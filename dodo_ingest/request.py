@@ -40,6 +40,7 @@ from collections.abc import (
     Mapping,
     MutableMapping,
 )
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dodo_ingest.batcher import LazyMetadata
@@ -226,6 +227,39 @@ class LimitCheck:
 
     def __repr__(self) -> str:
         return f"<LimitCheck {self.customer!r} scope={self.scope!r} cost={self.cost} {self.decision.reason}>"
+
+
+@dataclass(frozen=True)
+class ViewLimit:
+    """A view's own rate limit and cost (``@dodo.limit(...)`` in Flask, ``@dodo_ingest_django.limit(...)``).
+
+    ``limits`` (parsed ``"10/minute"``, a list, or a callable ``(customer_id) -> limits | None``; None: only the
+    customer's limits) are counted per ``scope`` (default: the view); ``cost`` units of every limit that
+    applies, the customer's included, are consumed by one call, and billed (the event's ``cost``).
+    """
+
+    limits: Any = None
+    cost: int = 1
+    scope: str | None = None
+
+    @classmethod
+    def parse(cls, limits: Any = None, *, cost: int = 1, scope: str | None = None, where: str = "limit") -> ViewLimit:
+        """Validate a decorator's arguments now (an import-time error, naming ``where``)."""
+        from dodo_ingest.errors import ConfigurationError
+
+        if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
+            raise ConfigurationError(f"{where}(cost=...): expected a whole number of units >= 1, got {cost!r}")
+        if scope is not None and (not isinstance(scope, str) or not scope.strip()):
+            raise ConfigurationError(f"{where}(scope=...): expected a non-empty string, got {scope!r}")
+        if limits is not None:
+            from dodo_ingest.config import _Invalid
+            from dodo_ingest.ratelimit.settings import parse_rate_limits
+
+            try:
+                limits = parse_rate_limits(limits)
+            except _Invalid as exc:
+                raise ConfigurationError(f"{where}({limits!r}): {exc}") from None
+        return cls(limits, cost, scope)
 
 
 def build_limiter(config: RequestConfig, *, customer_limits: bool = True) -> Limiter:

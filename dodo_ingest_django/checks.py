@@ -18,6 +18,8 @@ dodo_ingest.E008    ``DodoIngestMiddleware`` is in ``MIDDLEWARE`` more than once
 dodo_ingest.W001    ``DodoIngestMiddleware`` is not at the top of ``MIDDLEWARE``: responses returned early by
                     the middleware above it are not metered
 dodo_ingest.W002    an unknown ``DODO_INGEST_*`` setting (a typo?); it is ignored
+dodo_ingest.W003    rate limits on ``memory://`` storage with several worker processes: each process counts on
+                    its own, so every limit is multiplied by the number of workers
 ==================  =====================================================================================
 """
 
@@ -34,6 +36,7 @@ from django.conf import settings
 from django.core import checks
 
 from dodo_ingest.config import ENV_API_KEY, PREFIX, SETTINGS, Setting, check_setting, import_dotted
+from dodo_ingest.ratelimit.settings import DEFAULT_STORAGE
 
 TAG = "dodo_ingest"
 MIDDLEWARE_PATH = "dodo_ingest_django.middleware.DodoIngestMiddleware"
@@ -50,7 +53,18 @@ SAFE_ABOVE = frozenset(
 )
 
 #: How each setting's value is typed, for sorting problems into E002 (type) and E006 (value).
-CALLABLE_SETTINGS = frozenset({"on_error", "on_drop", "customer_resolver", "should_meter", "metadata_hook"})
+CALLABLE_SETTINGS = frozenset(
+    {
+        "on_error",
+        "on_drop",
+        "customer_resolver",
+        "should_meter",
+        "metadata_hook",
+        "rate_limit_key",
+        "rate_limit_billing_anchor",
+        "rate_limit_response",
+    }
+)
 PATH_SETTINGS = frozenset({"include_paths", "exclude_paths"})
 _REGEX_CHARS = frozenset("^$*+?{}[]\\|()")
 
@@ -59,6 +73,7 @@ def register() -> None:
     """Register the checks (done by the app's ``ready()``); idempotent."""
     checks.register(check_settings, TAG)
     checks.register(check_middleware, TAG)
+    checks.register(check_rate_limit_storage, TAG)
 
 
 def _error(id_: int, msg: str, hint: str | None = None) -> checks.CheckMessage:
@@ -165,6 +180,10 @@ def _bad_regex(value: Any) -> str | None:
 
 
 def _has_expected_type(setting: Setting, value: Any) -> bool:
+    if setting.name == "rate_limits":  # "100/minute", a list of such strings, or a callable
+        if isinstance(value, (list, tuple)):
+            return all(isinstance(entry, str) for entry in value)
+        return value is None or isinstance(value, str) or callable(value)
     default = setting.default
     if isinstance(default, bool):
         return isinstance(value, bool)
@@ -216,3 +235,30 @@ def check_middleware(app_configs: Sequence[AppConfig] | None = None, **kwargs: A
             )
         ]
     return []
+
+
+def check_rate_limit_storage(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """Rate limits on ``memory://`` with several worker processes (W003)."""
+    if getattr(settings, PREFIX + "RATE_LIMITS", None) is None or getattr(settings, PREFIX + "ENABLED", True) is False:
+        return []
+    storage = getattr(settings, PREFIX + "RATE_LIMIT_STORAGE", DEFAULT_STORAGE)
+    if not isinstance(storage, str):
+        return []  # reported as E002
+    try:
+        from dodo_ingest.ratelimit import shared_memory_warning, worker_processes
+    except ImportError:
+        return []  # the `limits` package is missing: reported by check_settings (E006)
+    workers = worker_processes()
+    if shared_memory_warning(storage, workers) is None:
+        return []
+    return [
+        _warning(
+            3,
+            f"settings.DODO_INGEST_RATE_LIMIT_STORAGE is {storage!r} with {workers} worker processes: each process "
+            f"counts on its own, so every rate limit is in effect multiplied by {workers}.",
+            hint="Set DODO_INGEST_RATE_LIMIT_STORAGE = 'redis://host:6379/0' so that every worker (and host) "
+            "counts in one place.",
+        )
+    ]

@@ -26,18 +26,22 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import got_request_exception
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils.functional import LazyObject, empty
 
 from dodo_ingest.errors import ConfigurationError
 from dodo_ingest.request import CUSTOMER_KEY, MeteredRequest, acounted, counted
+from dodo_ingest_django import ratelimit
 from dodo_ingest_django.conf import conf
 from dodo_ingest_django.routes import resolve_route, route_of
+
+if TYPE_CHECKING:
+    from dodo_ingest.ratelimit import Decision
 
 logger = logging.getLogger("dodo_ingest.django")
 
@@ -54,12 +58,17 @@ class DodoIngestMiddleware:
 
     sync_capable = True
     async_capable = True
+    #: ``process_view(request, view_func, view_args, view_kwargs)``: the rate-limit check, after every
+    #: middleware and before the view. A coroutine function on an async stack (Django then awaits it on the
+    #: loop: the check uses ``limits.aio``), a plain function on a sync one.
+    process_view: Callable[[HttpRequest, Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
 
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
+        self.process_view = _aprocess_view if self.async_mode else _process_view
         try:
             conf.meter  # noqa: B018 - validate the settings at start-up: fail loudly, naming the setting
         except ConfigurationError as exc:
@@ -128,6 +137,10 @@ def _respond(metered: MeteredRequest, request: HttpRequest, response: Any, defau
     """The response exists: resolve the customer and hooks now, record now or at the end of the body."""
     try:
         metered.status_code = response.status_code
+        if metered.limit_check is not None:
+            for name, value in metered.rate_limit_headers():
+                if not response.has_header(name):  # the app's own value (DRF's Retry-After) wins
+                    response[name] = value
         route = route_of(request)
         if route is None and response.status_code != 404:
             route = resolve_route(request)  # returned early by a middleware, before URL resolution
@@ -209,6 +222,95 @@ class _StreamEnd:
             except (KeyError, ValueError):
                 metered.response_bytes = None
         metered.finish()
+
+
+# --- the rate-limit check, before the view ------------------------------------------------------------------
+
+
+def _process_view(
+    request: HttpRequest, view_func: Callable[..., Any], view_args: tuple[Any, ...], view_kwargs: dict[str, Any]
+) -> HttpResponse | None:
+    """Check the request's rate limits; a rejected request gets its 429 here and the view does not run."""
+    metered = request.__dict__.get(STATE_ATTR)
+    if metered is None or (metered.meter.limiter is None and not ratelimit.decorated):
+        return None  # not metered, or rate limiting off: nothing more than these two checks
+    try:
+        found = _view_check(request, metered, view_func)
+        if found is None:
+            return None
+        scope, cost, own = found
+        decision = metered.limit((request,), _DefaultCustomer(request, None), scope=scope, cost=cost, limits=own)
+        if decision is None or decision.allowed:
+            return None
+        return _rejection(request, metered, decision)
+    except Exception:
+        metered.meter.internal_error()
+        return None
+
+
+async def _aprocess_view(
+    request: HttpRequest, view_func: Callable[..., Any], view_args: tuple[Any, ...], view_kwargs: dict[str, Any]
+) -> HttpResponse | None:
+    """:func:`_process_view` on the event loop: ``limits.aio``, and the user awaited (``request.auser()``)."""
+    metered = request.__dict__.get(STATE_ATTR)
+    if metered is None or (metered.meter.limiter is None and not ratelimit.decorated):
+        return None
+    try:
+        found = _view_check(request, metered, view_func)
+        if found is None:
+            return None
+        scope, cost, own = found
+
+        async def default() -> Any:
+            return customer_of_user(await _auser(request, None))
+
+        decision = await metered.alimit((request,), default, scope=scope, cost=cost, limits=own)
+        if decision is None or decision.allowed:
+            return None
+        return _rejection(request, metered, decision)
+    except Exception:
+        metered.meter.internal_error()
+        return None
+
+
+def _view_check(
+    request: HttpRequest, metered: MeteredRequest, view_func: Callable[..., Any]
+) -> tuple[str, int, Any] | None:
+    """``(scope, cost, the view's own limits)`` of the check to run here, or None for no check here."""
+    if uses_dodo_throttle(view_func):
+        return None  # a DRF view authenticates inside the view: DodoRateThrottle checks there
+    view_limit = ratelimit.view_limit_of(view_func)
+    if view_limit is None:
+        return ("", 1, None) if metered.meter.limiter is not None else None
+    if view_limit.limits is None:  # only a cost: spent on the customer's limits, if there are any
+        return ("", view_limit.cost, None) if metered.meter.limiter is not None else None
+    return ratelimit.scope_of(request, view_func, view_limit), view_limit.cost, view_limit.limits
+
+
+def uses_dodo_throttle(view_func: Any) -> bool:
+    """Whether ``view_func`` is a Django REST framework view throttled by ``DodoRateThrottle``."""
+    view_class = getattr(view_func, "cls", None)
+    throttles = getattr(view_class, "throttle_classes", None)
+    if not throttles:
+        return False
+    return any(getattr(throttle, "dodo_ingest_throttle", False) for throttle in throttles)
+
+
+def _rejection(request: HttpRequest, metered: MeteredRequest, decision: Decision) -> HttpResponse:
+    """The answer to a rejected request: ``DODO_INGEST_RATE_LIMIT_RESPONSE(request, decision)`` if set (a view
+    taking the decision), else 429 (503 when failing closed) with a JSON body; the fields are added later."""
+    hook = metered.meter.config.rate_limit_response
+    if hook is not None:
+        try:
+            response: HttpResponse = hook(request, decision)
+            return response
+        except Exception:
+            metered.meter.hook_failed(hook)
+    status, headers, body = metered.rejection()
+    response = HttpResponse(body, status=status, content_type="application/json")
+    for name, value in headers[2:]:  # after Content-Type and Content-Length, which HttpResponse sets
+        response[name] = value
+    return response
 
 
 # --- the default customer ----------------------------------------------------------------------------------

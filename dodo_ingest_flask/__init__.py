@@ -5,11 +5,33 @@
 >>> dodo.init_app(app)           # or DodoIngest(app, customer_resolver=lambda request, response: ...)
 
 Per request: ``g.dodo_customer_id = "cus_..."`` (the default customer) or :func:`set_customer`;
-per view: :func:`exempt` and :func:`meter` (a blueprint: ``dodo.exempt(bp)``). See
-:mod:`dodo_ingest_flask.extension` for how a request becomes exactly one event.
+per view: :func:`exempt`, :func:`meter` and :func:`limit` (a blueprint: ``dodo.exempt(bp)``). See
+:mod:`dodo_ingest_flask.extension` for how a request becomes exactly one event, and where its rate limits
+are checked.
 """
 
 from dodo_ingest.request import annotate
-from dodo_ingest_flask.extension import EXTENSION_KEY, DodoIngest, ViewOptions, exempt, meter, set_customer
+from dodo_ingest_flask.extension import (
+    EXTENSION_KEY,
+    DodoIngest,
+    RateLimitExceeded,
+    RateLimitUnavailable,
+    ViewOptions,
+    exempt,
+    limit,
+    meter,
+    set_customer,
+)
 
-__all__ = ["EXTENSION_KEY", "DodoIngest", "ViewOptions", "annotate", "exempt", "meter", "set_customer"]
+__all__ = [
+    "EXTENSION_KEY",
+    "DodoIngest",
+    "RateLimitExceeded",
+    "RateLimitUnavailable",
+    "ViewOptions",
+    "annotate",
+    "exempt",
+    "limit",
+    "meter",
+    "set_customer",
+]

@@ -31,21 +31,36 @@ authentication code), then ``fallback_customer_id``.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Blueprint, Flask, Request, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException, ServiceUnavailable, TooManyRequests
 from werkzeug.wsgi import ClosingIterator
 
 from dodo_ingest.config import RequestConfig, check_names
 from dodo_ingest.errors import ConfigurationError
 from dodo_ingest.ingestion import Ingestion, adapter_ingestion
-from dodo_ingest.request import ADAPTER_KEY, CUSTOMER_KEY, DECLINED, Meter, MeteredRequest, counted
+from dodo_ingest.request import ADAPTER_KEY, CUSTOMER_KEY, DECLINED, Meter, MeteredRequest, ViewLimit, counted
 from dodo_ingest.stats import Stats
 
-__all__ = ["EXTENSION_KEY", "DodoIngest", "ViewOptions", "exempt", "meter", "set_customer"]
+if TYPE_CHECKING:
+    from dodo_ingest.ratelimit import Decision, Limiter, LimitState
+
+__all__ = [
+    "EXTENSION_KEY",
+    "DodoIngest",
+    "RateLimitExceeded",
+    "RateLimitUnavailable",
+    "ViewOptions",
+    "exempt",
+    "limit",
+    "meter",
+    "set_customer",
+]
 
 #: Key of the extension in ``app.extensions``.
 EXTENSION_KEY = "dodo_ingest"
@@ -57,6 +72,8 @@ G_CUSTOMER = "dodo_customer_id"
 REQUEST_ATTRIBUTE = "_dodo_ingest"
 #: The attribute of the request object holding its (complete, not streamed) response until teardown.
 RESPONSE_ATTRIBUTE = "_dodo_ingest_response"
+#: The attribute marking a view wrapped to check rate limits first (its value: the app's receivers).
+GUARD_ATTRIBUTE = "_dodo_ingest_guard"
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -67,22 +84,41 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ViewOptions:
-    """What ``exempt`` / ``meter`` said about a view."""
+    """What ``exempt`` / ``meter`` / ``limit`` said about a view."""
 
     exempt: bool = False
     event_name: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    limit: ViewLimit | None = None
 
 
 def exempt(view: F) -> F:
-    """Decorator: requests to this view are not metered (counted as skipped ``filtered``).
+    """Decorator: requests to this view are not metered (counted as skipped ``filtered``) nor rate limited.
 
     Works above or below ``@app.route``, and on a ``flask.views.View`` class. To exempt a whole blueprint,
     use :meth:`DodoIngest.exempt`.
     """
     current: ViewOptions = getattr(view, VIEW_ATTRIBUTE, None) or ViewOptions()
-    setattr(view, VIEW_ATTRIBUTE, ViewOptions(True, current.event_name, current.metadata))
+    setattr(view, VIEW_ATTRIBUTE, replace(current, exempt=True))
     return view
+
+
+def limit(limits: Any = None, *, cost: int = 1, scope: str | None = None) -> Callable[[F], F]:
+    """Decorator: this view's own rate limit, and the units one call consumes (and is billed: ``cost``).
+
+    ``@dodo.limit("10/minute", cost=5)``: a call consumes 5 units of the view's ``10/minute`` (counted per
+    customer and per ``scope``, by default the endpoint name) and 5 of the customer's ``rate_limits``; its
+    event says ``"cost": 5``. ``limits`` may also be a list or a callable ``(customer_id) -> limits | None``;
+    ``@dodo.limit(cost=5)`` only sets the cost. Works above or below ``@app.route``.
+    """
+    parsed = ViewLimit.parse(limits, cost=cost, scope=scope, where="limit")
+
+    def decorate(view: F) -> F:
+        current: ViewOptions = getattr(view, VIEW_ATTRIBUTE, None) or ViewOptions()
+        setattr(view, VIEW_ATTRIBUTE, replace(current, limit=parsed))
+        return view
+
+    return decorate
 
 
 def meter(*, event_name: str | None = None, metadata: Mapping[str, Any] | None = None) -> Callable[[F], F]:
@@ -97,7 +133,7 @@ def meter(*, event_name: str | None = None, metadata: Mapping[str, Any] | None =
     def decorate(view: F) -> F:
         current: ViewOptions = getattr(view, VIEW_ATTRIBUTE, None) or ViewOptions()
         merged = {**current.metadata, **extra}
-        setattr(view, VIEW_ATTRIBUTE, ViewOptions(current.exempt, event_name or current.event_name, merged))
+        setattr(view, VIEW_ATTRIBUTE, replace(current, event_name=event_name or current.event_name, metadata=merged))
         return view
 
     return decorate
@@ -131,6 +167,7 @@ class DodoIngest:
     """
 
     meter = staticmethod(meter)
+    limit = staticmethod(limit)
 
     def __init__(self, app: Flask | None = None, *, ingestion: Ingestion | None = None, **settings: Any) -> None:
         check_names(settings)  # fail fast on a misspelt name, before any app exists
@@ -195,6 +232,15 @@ class DodoIngest:
         """The validated request-path configuration for ``app``."""
         return self._app_meter(app).meter.config
 
+    def limiter(self, app: Flask | None = None) -> Limiter | None:
+        """The customers' rate limiter of ``app`` (None when ``rate_limits`` is unset): ``.stats()``..."""
+        return self._app_meter(app).meter.limiter
+
+    def usage(self, customer_id: str, app: Flask | None = None) -> tuple[LimitState, ...]:
+        """A customer's limits as they stand (used, remaining, seconds to reset), to show in your own UI;
+        consumes nothing. Empty when rate limiting is off; raises the store's error if it is down."""
+        return self._app_meter(app).meter.usage(customer_id)
+
     def stats(self, app: Flask | None = None) -> Stats:
         """Counters: accepted, sent, dropped and skipped events (see :class:`~dodo_ingest.Stats`)."""
         return self.ingestion(app).stats()
@@ -209,6 +255,30 @@ class DodoIngest:
         for app_meter in list(self._apps.values()):
             done = app_meter.meter.ingestion.shutdown(timeout) and done
         return done
+
+
+# --- rate-limit rejections ------------------------------------------------------------------------------------
+
+
+class RateLimitExceeded(TooManyRequests):
+    """The rate limiter rejected the request (429), raised just before the view.
+
+    Its response is the JSON 429 (or ``rate_limit_response``'s); ``@app.errorhandler(429)`` or
+    ``@app.errorhandler(RateLimitExceeded)`` replaces it, with ``error.decision`` at hand. The ``RateLimit``
+    fields and ``Retry-After`` are added to whatever is answered, where it has none of its own.
+    """
+
+    def __init__(self, decision: Decision, response: Response | None = None) -> None:
+        super().__init__(str(decision.body()["detail"]), response=response)
+        self.decision = decision
+
+
+class RateLimitUnavailable(ServiceUnavailable):
+    """The rate-limit store is down and ``rate_limit_fail_open`` is False (503); see :class:`RateLimitExceeded`."""
+
+    def __init__(self, decision: Decision, response: Response | None = None) -> None:
+        super().__init__(str(decision.body()["detail"]), response=response)
+        self.decision = decision
 
 
 # --- one app's receivers ------------------------------------------------------------------------------------
@@ -238,6 +308,7 @@ class _AppMeter:
         environ = req.environ
         rule = req.url_rule
         options: ViewOptions | None = None
+        view = None
         if rule is not None:
             view = app.view_functions.get(rule.endpoint)
             if view is not None:
@@ -258,8 +329,66 @@ class _AppMeter:
             metered.event_name = options.event_name
             if options.metadata:
                 metered.annotations.metadata.update(options.metadata)
+        if view is not None and (self.meter.limiter is not None or (options is not None and options.limit)):
+            assert rule is not None
+            self._guard(app, rule.endpoint, view, options)
         setattr(req, REQUEST_ATTRIBUTE, metered)
         return metered
+
+    # --- the rate-limit check: after every before_request function, just before the view ------------------
+
+    def _guard(self, app: Flask, endpoint: str, view: Callable[..., Any], options: ViewOptions | None) -> None:
+        """Make the endpoint's view check the rate limits first (once per endpoint, on its first request).
+
+        Flask runs ``before_request`` functions (the app's, then the blueprints') and then looks the view up in
+        ``app.view_functions``: a view wrapped there runs its check after every one of them, whichever was
+        registered first, and no signal or hook of Flask sits at that moment."""
+        if getattr(view, GUARD_ATTRIBUTE, None) is self:
+            return
+        app.view_functions[endpoint] = self._guarded(view, endpoint, options.limit if options is not None else None)
+
+    def _guarded(self, view: Callable[..., Any], endpoint: str, view_limit: ViewLimit | None) -> Callable[..., Any]:
+        if view_limit is None:
+            scope, cost, limits = "", 1, None
+        else:
+            scope, cost, limits = view_limit.scope or endpoint, view_limit.cost, view_limit.limits
+        check = self._check
+
+        @functools.wraps(view)
+        def guarded(**kwargs: Any) -> Any:
+            check(scope, cost, limits)
+            return current_app.ensure_sync(view)(**kwargs)  # an async view runs as Flask would run it
+
+        setattr(guarded, GUARD_ATTRIBUTE, self)
+        return guarded
+
+    def _check(self, scope: str, cost: int, limits: Any) -> None:
+        """Check the current request; raise :class:`RateLimitExceeded` (or :class:`RateLimitUnavailable`)."""
+        try:
+            req: Request = request._get_current_object()  # type: ignore[attr-defined]
+            metered = getattr(req, REQUEST_ATTRIBUTE, None)
+            if not isinstance(metered, MeteredRequest) or metered.meter is not self.meter:
+                return  # not metered (filtered): not limited either
+            decision = metered.limit((req,), _g_customer, scope=scope, cost=cost, limits=limits)
+            if decision is None or decision.allowed:
+                return
+            error = self._rejection(req, metered, decision)
+        except Exception:
+            self.meter.internal_error()
+            return
+        raise error
+
+    def _rejection(self, req: Request, metered: MeteredRequest, decision: Decision) -> HTTPException:
+        status, headers, body = metered.rejection()
+        response: Response = current_app.response_class(body, status=status, headers=headers)
+        hook = self.meter.config.rate_limit_response
+        if hook is not None:
+            try:
+                response = current_app.make_response(hook(req, decision))
+            except Exception:
+                self.meter.hook_failed(hook)
+        error_class = RateLimitUnavailable if status == 503 else RateLimitExceeded
+        return error_class(decision, response)
 
     def _metered(self, req: Request, create: bool) -> MeteredRequest | None:
         metered = getattr(req, REQUEST_ATTRIBUTE, None)
@@ -278,6 +407,11 @@ class _AppMeter:
             if metered is None or metered.resolved:
                 return response
             metered.status_code = response.status_code
+            if metered.limit_check is not None:
+                present = response.headers
+                for name, value in metered.rate_limit_headers():
+                    if name not in present:  # the app's own value (an errorhandler's Retry-After) wins
+                        present[name] = value
             metered.resolve((req, response), _g_customer)
             streamed = (
                 response.is_streamed
