@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -23,7 +24,20 @@ def test_demo_runs_end_to_end_and_verifies_the_server(capsys: pytest.CaptureFixt
     assert "Check: OK" in out
     planned = plan_traffic(150, ["cus_acme", "cus_globex", "cus_initech"], random.Random(11))
     metered = sum(1 for call in planned if call.metered)
-    assert f"{metered} metered requests, {metered} events accepted by the SDK, {metered} sent, {metered} stored" in out
+    check = re.search(
+        r"Check: OK: (\d+) metered requests, (\d+) events accepted by the SDK, (\d+) sent, (\d+) stored by the "
+        r"server \(\d+ distinct ids\); (\d+) more rejected by the rate limiter \(429, not billed\)",
+        out,
+    )
+    assert check is not None, out
+    billed, accepted, sent, stored, rejected = map(int, check.groups())
+    assert rejected > 0 and billed + rejected == metered and accepted == sent == stored == billed
+    # The customer on the small plan ran out of its quota: 429s, not billed, and the quota is the bill.
+    starter = next(line for line in out.splitlines() if " starter " in line)
+    assert starter.startswith("cus_initech (Initech)")
+    used, limit = starter.split()[4].split("/")
+    assert used == limit == starter.split()[5] and int(starter.split()[6]) == rejected
+    assert "quota used = billed units (the sum of the events' cost) for every customer: yes" in out
 
 
 def test_cli_dispatches_to_the_demo(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,7 +2,8 @@
 
 Customers authenticate with ``Authorization: Bearer <token>``; ``before_request`` maps the token to the
 customer's Dodo id and stores it in ``g.dodo_customer_id`` (the extension's default customer). Requests
-without a valid token get 401 and, having no customer, are not billed. ``/health`` is exempt.
+without a valid token get 401 and, having no customer, are not billed. ``/health`` is exempt. Each customer's
+plan sets its rate limits; a customer over its quota gets 429 (not billed).
 """
 
 from __future__ import annotations
@@ -54,13 +55,23 @@ def _pause(key: str, low_ms: float, high_ms: float) -> None:
     time.sleep((low_ms + (high_ms - low_ms) * fraction) / 1000.0)
 
 
+#: Units one report export consumes from its customer's quota (and bills: the event's ``cost``).
+EXPORT_COST = 5
+
+
 def create_app(
-    customer_ids: list[str], *, rate_limited: str | None = None, **dodo_settings: Any
+    customer_ids: list[str], *, plans: Mapping[str, str] | None = None, **dodo_settings: Any
 ) -> tuple[Flask, DodoIngest]:
-    """The sample API and its extension; ``rate_limited`` names a customer whose searches get 429."""
+    """The sample API and its extension; ``plans`` maps customers to their rate limits (``"20/month"``).
+
+    With plans, every request of a known customer is checked before its view (dodo-ingest's rate limiting,
+    ``memory://`` storage: the demo is one process): over its limits a customer gets 429 and is not billed.
+    """
     app = Flask("dodo_ingest_demo")
     app.logger.setLevel(logging.CRITICAL)  # the demo's deliberate exceptions need no tracebacks
     tokens = {token_for(customer_id): customer_id for customer_id in customer_ids}
+    if plans is not None:
+        dodo_settings.setdefault("rate_limits", plans.get)  # (customer_id) -> limits | None
     dodo = DodoIngest(app, **dodo_settings)
     lock = threading.Lock()
     orders: dict[str, int] = {}
@@ -77,9 +88,7 @@ def create_app(
         customer = tokens.get(header.removeprefix("Bearer "))
         if customer is None:
             abort(401)
-        g.dodo_customer_id = customer  # the extension's default customer
-        if customer == rate_limited and request.path.startswith("/api/v1/search"):
-            abort(429)
+        g.dodo_customer_id = customer  # the extension's default customer (and whose limits apply)
 
     @app.get("/health")
     @dodo.exempt
@@ -123,6 +132,7 @@ def create_app(
 
     @app.get("/api/v1/reports/<report_id>/export")
     @dodo.meter(metadata={"feature": "export"})
+    @dodo.limit(cost=EXPORT_COST)  # an export uses 5 units of its customer's quota, and bills 5
     def export_report(report_id: str) -> Response:
         def rows() -> Iterator[str]:
             yield "day,calls\n"

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import requests
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from dodo_ingest.demo.app import MAX_USER_ID, create_app, customers, token_for
+from dodo_ingest.demo.app import EXPORT_COST, MAX_USER_ID, create_app, customers, token_for
 from dodo_ingest.demo.report import errors_seen, meter_table, table, usage_by_customer, usage_by_endpoint
 from dodo_ingest.localserver import LocalDodoServer
 
@@ -37,6 +37,13 @@ class Call:
     metered: bool
     kind: str
     body: dict[str, Any] | None = None
+    customer: str | None = None
+    """The customer the call authenticates as (None: no valid token)."""
+
+    @property
+    def units(self) -> int:
+        """Units the call consumes from its customer's quota when it is admitted (and bills)."""
+        return EXPORT_COST if self.kind == "export" else 1
 
 
 def plan_traffic(count: int, customer_ids: Sequence[str], rng: random.Random) -> list[Call]:
@@ -51,32 +58,32 @@ def plan_traffic(count: int, customer_ids: Sequence[str], rng: random.Random) ->
         if roll < 0.26:
             if rng.random() < 0.06:
                 user = MAX_USER_ID + rng.randint(1, 99)  # a 404 on a matched route
-            calls.append(Call("GET", f"/api/v1/users/{user}", token, True, "user"))
+            calls.append(Call("GET", f"/api/v1/users/{user}", token, True, "user", customer=customer))
         elif roll < 0.40:
-            calls.append(Call("GET", f"/api/v1/users/{user}/orders", token, True, "orders"))
+            calls.append(Call("GET", f"/api/v1/users/{user}/orders", token, True, "orders", customer=customer))
         elif roll < 0.52:
             body: dict[str, Any] = {"sku": f"SKU-{rng.randint(100, 999)}", "quantity": rng.randint(1, 5)}
             if rng.random() < 0.1:
                 body = {"sku": body["sku"]}  # 422: quantity missing
-            calls.append(Call("POST", "/api/v1/orders", token, True, "order", body))
+            calls.append(Call("POST", "/api/v1/orders", token, True, "order", body, customer))
         elif roll < 0.67:
             words = ["invoice", "refund", "usage", "meter", "plan", "seat", "token", "region"]
-            calls.append(Call("GET", f"/api/v1/search?q={rng.choice(words)}", token, True, "search"))
+            calls.append(Call("GET", f"/api/v1/search?q={rng.choice(words)}", token, True, "search", customer=customer))
         elif roll < 0.72:
             report = f"rep_{rng.randint(10_000, 99_999)}"
-            calls.append(Call("GET", f"/api/v1/reports/{report}/export", token, True, "export"))
+            calls.append(Call("GET", f"/api/v1/reports/{report}/export", token, True, "export", customer=customer))
         elif roll < 0.78:
             fail = "1" if rng.random() < 0.35 else "0"
-            calls.append(Call("GET", f"/api/v1/flaky?fail={fail}", token, True, "flaky"))
+            calls.append(Call("GET", f"/api/v1/flaky?fail={fail}", token, True, "flaky", customer=customer))
         elif roll < 0.82:
-            calls.append(Call("GET", "/api/v1/status", token, True, "status"))
+            calls.append(Call("GET", "/api/v1/status", token, True, "status", customer=customer))
         elif roll < 0.88:
             calls.append(Call("GET", "/api/v1/status", None, False, "anonymous"))  # unidentified: skipped
         elif roll < 0.94:
             bad = None if rng.random() < 0.5 else "tok_revoked"
             calls.append(Call("GET", f"/api/v1/users/{user}", bad, False, "unauthorized"))  # 401, no customer
         else:
-            calls.append(Call("GET", "/health", token, False, "health"))  # exempt
+            calls.append(Call("GET", "/health", token, False, "health", customer=customer))  # exempt
     return calls
 
 
@@ -135,14 +142,18 @@ class Progress:
         self.draw(final=True)
 
 
-def drive(base_url: str, calls: Sequence[Call], concurrency: int, progress: Progress) -> Counter[str]:
-    """Send every call over real HTTP from ``concurrency`` threads; return status counts by kind."""
+def drive(
+    base_url: str, calls: Sequence[Call], concurrency: int, progress: Progress
+) -> tuple[Counter[str], Counter[str]]:
+    """Send every call over real HTTP from ``concurrency`` threads; return the counts of status classes
+    (``2xx``...) and the 429s each customer got."""
     work: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
     for call in calls:
         work.put(call)
     for _ in range(concurrency):
         work.put(None)
     outcome: Counter[str] = Counter()
+    limited: Counter[str] = Counter()
     failures: list[str] = []
     lock = threading.Lock()
 
@@ -156,6 +167,9 @@ def drive(base_url: str, calls: Sequence[Call], concurrency: int, progress: Prog
                     )
                     response.content  # noqa: B018 - read the (possibly streamed) body to its end
                     key = f"{response.status_code // 100}xx"
+                    if response.status_code == 429 and call.customer is not None:
+                        with lock:
+                            limited[call.customer] += 1
                 except requests.RequestException as exc:
                     key = "failed"
                     with lock:
@@ -171,7 +185,7 @@ def drive(base_url: str, calls: Sequence[Call], concurrency: int, progress: Prog
         thread.join()
     for failure in failures[:5]:
         print(f"  request failed: {failure}", file=sys.stderr)
-    return outcome
+    return outcome, limited
 
 
 def read_events(base_url: str, api_key: str) -> list[dict[str, Any]]:
@@ -231,10 +245,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with LocalDodoServer(api_key=api_key, port=args.port) as dodo_server:
         meters = create_meters(dodo_server.url, api_key)
-        rate_limited = customer_ids[-1] if len(customer_ids) > 1 else None
+        plans = plan_for(calls, customer_ids)
         app, dodo = create_app(
             customer_ids,
-            rate_limited=rate_limited,
+            plans={customer: limits for customer, (_, limits) in plans.items()},
             api_key=api_key,
             base_url=dodo_server.url,
             flush_interval=0.25,
@@ -256,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             started = time.perf_counter()
             with Progress(len(calls), dodo_server.event_count, out, not args.no_progress) as progress:
-                outcome = drive(api_url, calls, args.concurrency, progress)
+                outcome, limited = drive(api_url, calls, args.concurrency, progress)
             elapsed = time.perf_counter() - started
             # A streamed response's event is recorded when the API server closes it, which can come just after
             # the client has read the body: wait until every metered request reached the SDK, then flush.
@@ -269,13 +283,16 @@ def main(argv: list[str] | None = None) -> int:
             events = read_events(dodo_server.url, api_key)
             usage = read_usage(dodo_server.url)
 
-            expected = sum(1 for call in calls if call.metered)
+            metered_calls = sum(1 for call in calls if call.metered)
+            rejected = stats.skipped.get("rate_limited", 0)
+            expected = metered_calls - rejected  # a request the rate limiter rejected is not billed
             kinds = Counter(call.kind for call in calls)
             statuses = ", ".join(f"{key} {outcome[key]}" for key in sorted(outcome))
             print(f"\n  {len(calls)} requests in {elapsed:.1f} s ({len(calls) / elapsed:.0f}/s): {statuses}")
             print(
-                f"  billable: {expected}   not billed: {kinds['anonymous']} anonymous, "
-                f"{kinds['unauthorized']} unauthorized (401, no customer), {kinds['health']} exempt health checks"
+                f"  billable: {expected}   not billed: {rejected} over their plan's limits (429), "
+                f"{kinds['anonymous']} anonymous, {kinds['unauthorized']} unauthorized (401, no customer), "
+                f"{kinds['health']} exempt health checks"
             )
             print(f"  events read back from {dodo_server.url}/events: {len(events)} (in pages of {PAGE_SIZE})\n")
             print("Usage by customer  (what Dodo bills: one event per API call)")
@@ -285,6 +302,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nUnhandled exceptions: {errors_seen(events)}")
             print("\nMeters  (each meter's value per customer, as Dodo would aggregate it: GET /_local/usage)")
             print(meter_table(usage, names))
+            print("\nRate limits and quotas  (checked before each view; a call over its plan gets 429, not billed)")
+            quotas = quota_rows(dodo, plans, events, limited, names)
+            print(table(["customer", "plan", "limits", "quota used", "billed units", "429s"], quotas, "<<<>>>"))
+            agree = all(row[3].split("/")[0] == str(row[4]) for row in quotas)
+            print(
+                "  quota used = billed units (the sum of the events' cost) for every customer: "
+                + ("yes" if agree else "NO")
+            )
             print("\nSDK counters")
             skipped = ", ".join(f"{k} {v}" for k, v in sorted(stats.skipped.items())) or "none"
             dropped = ", ".join(f"{k} {v}" for k, v in sorted(stats.dropped.items())) or "none"
@@ -296,11 +321,17 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             ids = {event["event_id"] for event in events}
-            ok = flushed and len(events) == expected == stats.accepted == stats.sent and len(ids) == len(events)
+            ok = (
+                flushed
+                and agree
+                and len(events) == expected == stats.accepted == stats.sent
+                and len(ids) == len(events)
+            )
             verdict = "OK" if ok else "MISMATCH"
             print(
                 f"\nCheck: {verdict}: {expected} metered requests, {stats.accepted} events accepted by the SDK, "
-                f"{stats.sent} sent, {len(events)} stored by the server ({len(ids)} distinct ids)"
+                f"{stats.sent} sent, {len(events)} stored by the server ({len(ids)} distinct ids); "
+                f"{rejected} more rejected by the rate limiter (429, not billed)"
             )
             if args.serve:
                 token = token_for(customer_ids[0])
@@ -318,6 +349,40 @@ def main(argv: list[str] | None = None) -> int:
             http.server_close()
             dodo.shutdown(timeout=5.0)
     return 0 if ok else 1
+
+
+#: The plans of the demo's customers: (name, limits in ``limits`` notation).
+PRO_PLAN = ("pro", "600/minute;100000/month")
+
+
+def plan_for(calls: Sequence[Call], customer_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Each customer's plan: the last one (of several) on a small "starter" plan whose monthly quota is half
+    the units its traffic will ask for, so that it runs out mid-run and gets 429s; the others on "pro"."""
+    plans = dict.fromkeys(customer_ids, PRO_PLAN)
+    if len(customer_ids) > 1:
+        small = customer_ids[-1]
+        wanted = sum(call.units for call in calls if call.metered and call.customer == small)
+        plans[small] = ("starter", f"{max(2, wanted // 2)}/month")
+    return plans
+
+
+def quota_rows(
+    dodo: Any,
+    plans: dict[str, tuple[str, str]],
+    events: Sequence[dict[str, Any]],
+    limited: Counter[str],
+    names: dict[str, str],
+) -> list[list[Any]]:
+    """Per customer: plan, limits, the monthly quota as the limiter counts it, the units the server bills."""
+    billed: Counter[str] = Counter()
+    for event in events:
+        billed[event["customer_id"]] += int(event["metadata"].get("cost", 1))
+    rows = []
+    for customer, (plan, limits) in plans.items():
+        month = next(state for state in dodo.usage(customer) if state.policy.endswith("/month"))
+        label = f"{customer} ({names[customer]})" if customer in names else customer
+        rows.append([label, plan, limits, f"{month.used}/{month.limit}", billed[customer], limited[customer]])
+    return rows
 
 
 #: The meters the demo creates (``POST /meters``): what a billing person would set up for this API.
@@ -348,6 +413,13 @@ DEMO_METERS: list[dict[str, Any]] = [
         "measurement_unit": "exports",
         "aggregation": {"type": "count"},
         "filter": {"conjunction": "and", "clauses": [{"key": "feature", "operator": "equals", "value": "export"}]},
+    },
+    {
+        "name": "Quota units",
+        "event_name": "api_call",
+        "measurement_unit": "units",
+        "aggregation": {"type": "sum", "key": "cost"},
+        "description": "What the rate limiter counts against each plan's quota: an export costs 5 units",
     },
     {
         "name": "Slowest call",

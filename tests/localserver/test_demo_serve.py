@@ -60,7 +60,8 @@ def test_the_demo_keeps_serving_its_dashboard_until_ctrl_c(tmp_path: Path) -> No
     with run_demo_serving(free_port(), tmp_path) as (url, metered):
         data = requests.get(f"{url}/_local/dashboard", timeout=10).json()
         assert data["totals"]["events"] == metered and data["totals"]["customers"] == 3
-        assert [m["name"] for m in data["meters"]] == ["API calls", "Items ordered", "Report exports", "Slowest call"]
+        names = ["API calls", "Items ordered", "Report exports", "Quota units", "Slowest call"]
+        assert [m["name"] for m in data["meters"]] == names
         assert data["meters"][0]["total"] == metered
         usage = requests.get(f"{url}/_local/usage", timeout=10).json()["items"]
         assert sum(c["value"] for c in usage[0]["customers"]) == metered
