@@ -32,6 +32,7 @@ SKIP_REASONS: dict[str, str] = {
     "filtered": "excluded by exclude_paths / include_paths / exclude_methods / should_meter / exempt",
     "adapter_error": "dodo-ingest itself failed on this request (a bug); see the log",
     "invalid_customer": "the customer resolver returned something that is not a non-empty str (bytes, an int...)",
+    "rate_limited": "rejected by the rate limiter (429) before the view: not billed (see rate_limit_rejected_event)",
 }
 
 
