@@ -6,20 +6,34 @@ An adapter only translates its framework; everything else happens here, once:
    adapter (the **innermost** adapter that sees a request meters it: each one writes itself under
    :data:`ADAPTER_KEY` in the WSGI environ, or the request's own dict, when it begins; only the one found
    there at the end records), opens the annotations that :func:`annotate` writes to, and starts the clock.
-2. While the request runs: :meth:`MeteredRequest.fail` notes an exception (the first one wins; the request
+2. Before the view, when rate limits are configured (:attr:`Meter.limiter`, or a view's own
+   :class:`ViewLimit`): :meth:`MeteredRequest.limit` / :meth:`~MeteredRequest.alimit` consume the request's
+   ``cost`` from its customer's limits, **once per request** (the :class:`LimitCheck` is kept under
+   :data:`LIMIT_KEY`, so an inner adapter reuses an outer one's). The adapter answers a rejection itself
+   (:meth:`~MeteredRequest.rejection`, 429) and adds :meth:`~MeteredRequest.rate_limit_headers` to responses.
+   With rate limiting off this step costs one attribute check.
+3. While the request runs: :meth:`MeteredRequest.fail` notes an exception (the first one wins; the request
    is then a 500), :meth:`MeteredRequest.count` adds response bytes and never raises, whatever a body yields.
-3. :meth:`MeteredRequest.resolve` runs the user's hooks (``should_meter``, the customer resolver, the metadata
+4. :meth:`MeteredRequest.resolve` runs the user's hooks (``should_meter``, the customer resolver, the metadata
    hook) **while the framework's request context still exists** — for a streamed body that is before the body
    starts. A hook that raises is logged (rate-limited) and counted in ``stats().hook_errors``; the request is
    still billed with what is known.
-4. :meth:`MeteredRequest.finish` (once) takes the end time and the byte count and queues the event. The
+5. :meth:`MeteredRequest.finish` (once) takes the end time and the byte count and queues the event. The
    metadata dict, its validation, the event id and the JSON are built later on the flush thread
-   (:class:`RequestEvent`): the request thread only hands over the facts.
+   (:class:`RequestEvent`): the request thread only hands over the facts. With rate limiting on, it also
+   makes the **quota count what is billed**: a rejected request is not billed (``skipped["rate_limited"]``,
+   or sent as ``rate_limit_rejected_event``); the event carries ``cost`` (the units the check consumed);
+   a request checked but not billed (``should_meter``, exempt, no customer) gives its units back, one billed
+   without a check (a 404, a 401 from authentication: it never reached the view) or billed to another
+   customer is added to that customer's billing periods (:meth:`Meter.settle`, ``Limiter.adjust``).
 
 The customer is, in this order: ``annotate(customer_id=...)``, ``set_customer()`` (:data:`CUSTOMER_KEY`), the
 ``customer_resolver`` hook, the framework's default (Flask ``g.dodo_customer_id``, Django
 ``request.user.dodo_customer_id``), ``fallback_customer_id``. It must be a non-empty ``str``: anything else
 (``b"cus_1"``, ``42``) is not billed as its ``str()`` but skipped and counted as ``invalid_customer``.
+The customer of the rate-limit check, before the view, is: ``annotate`` / ``set_customer()``, the
+``rate_limit_key`` hook (it sees only the request), the framework's default, ``fallback_customer_id``; when
+no other source names one after the view, the request is billed to the customer it was checked for.
 """
 
 from __future__ import annotations

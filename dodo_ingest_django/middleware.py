@@ -19,6 +19,13 @@ The customer is resolved after the view ran (see :class:`_DefaultCustomer` for t
 default customer is read without blocking the event loop (``request.auser()``, or a thread on Django 4.2).
 When a WSGI middleware of dodo-ingest wraps the Django app too, only this (innermost) one meters the request.
 Nothing here raises into the request because of metering.
+
+Rate limits (``DODO_INGEST_RATE_LIMITS``, ``@dodo_ingest_django.limit``) are checked in ``process_view``, which
+Django runs after every middleware and before the view: ``request.user`` of ``AuthenticationMiddleware`` is
+known there, wherever this middleware sits. On an async stack ``process_view`` is a coroutine function (the
+user from ``request.auser()``, the check with ``limits.aio``). A rejected request gets its 429 from there and
+the view does not run. Django REST framework views throttled by ``DodoRateThrottle`` are left to it (DRF
+authenticates inside the view).
 """
 
 from __future__ import annotations

@@ -23,6 +23,15 @@ receiver costs about 5 µs per send, a hook about 0.4 µs, and the hooks see the
 So a request aborted in ``before_request`` (``abort(401)``), a 404 (endpoint ``<unmatched>``) and an
 unhandled exception are each metered exactly once. The request's state lives on the request object.
 
+**Rate limits** (``rate_limits=``, or a view's ``@dodo.limit(...)``) are checked after every ``before_request``
+function, the app's and the blueprints', whichever was registered first, and just before the view: Flask
+looks the view up in ``app.view_functions`` only then, so on an endpoint's first request the
+``url_value_preprocessor`` replaces its entry there (public API: a plain dict of Flask's) with the view
+wrapped by the check; no Flask signal or hook sits at that moment, and a ``before_request`` appended last
+would still run before the blueprints' own. With rate limiting off nothing is wrapped. A rejection raises
+:class:`RateLimitExceeded` (a ``TooManyRequests``), whose response is the JSON 429, so
+``@app.errorhandler(429)`` can answer instead; ``after_request`` adds the ``RateLimit`` fields.
+
 The customer of a request is, in this order: ``set_customer()`` / ``dodo_ingest.annotate(customer_id=...)``
 from inside the request, the ``customer_resolver`` callable ``(request, response)`` (``response`` is None
 when the request failed before one existed), the **Flask default** ``g.dodo_customer_id`` (set it in your
