@@ -15,6 +15,12 @@ events while this thread waits; its time per event is the flush thread's CPU per
 The floor is the least a metering integration can do: append one tuple (route, method, status, duration) to a
 deque per request, via Flask's ``before_request``/``after_request`` hooks, as a WSGI wrapper, and as a Django
 middleware.
+
+Rate limits (issue 9): the Flask extension and the WSGI middleware again with ``rate_limits`` on (a minute limit
+and a monthly quota, high enough never to reject), on ``memory://`` and on a real ``redis-server`` this script
+starts on a free loopback port (skipped without one); "vs its floor" is then the paired difference against the
+same adapter without rate limits: the check, the headers and the cost in the event. Without ``rate_limits`` an
+adapter pays one attribute check for rate limiting (the plain rows).
 """
 
 from __future__ import annotations
@@ -113,13 +119,27 @@ def flask_app(variant: str, ingestion: Any) -> Any:
             return result
 
         app.wsgi_app = floor  # type: ignore[method-assign]
-    elif variant == "dodo-flask":
-        DodoIngest(app, ingestion=ingestion, fallback_customer_id="cus_bench")
-    elif variant == "dodo-wsgi":
+    elif variant.startswith("dodo-flask"):
+        DodoIngest(app, ingestion=ingestion, fallback_customer_id="cus_bench", **limits_of(variant))
+    elif variant.startswith("dodo-wsgi"):
         app.wsgi_app = DodoIngestMiddleware(  # type: ignore[method-assign]
-            app.wsgi_app, ingestion, fallback_customer_id="cus_bench"
+            app.wsgi_app, ingestion, fallback_customer_id="cus_bench", **limits_of(variant)
         )
     return app
+
+
+LIMITS = "10000000/minute;1000000000/month"  # never reached: every check admits
+REDIS_URL: str | None = None  # set by main() when a redis-server could be started
+
+
+def limits_of(variant: str) -> dict[str, Any]:
+    """The rate-limit settings of a variant: none, ``-mem`` (memory://) or ``-redis``."""
+    if variant.endswith("-mem"):
+        return {"rate_limits": LIMITS}
+    if variant.endswith("-redis"):
+        assert REDIS_URL is not None
+        return {"rate_limits": LIMITS, "rate_limit_storage": REDIS_URL}
+    return {}
 
 
 # --- Django ------------------------------------------------------------------------------------------------------
@@ -250,7 +270,20 @@ def flush_cost(ingestion: Any, events: int) -> float:
     return (time.perf_counter() - started) / events * 1e6
 
 
+def start_redis() -> tuple[Any, str, str] | None:
+    """A throw-away redis-server (bench_ratelimit's), or None when none is installed."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        print("redis-server is not installed: the redis:// rows are skipped\n")
+        return None
+    from bench.bench_ratelimit import start_redis as start
+
+    return start()
+
+
 def main() -> int:
+    global REDIS_URL
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
     args = parser.parse_args()
@@ -258,13 +291,33 @@ def main() -> int:
     configure_django()
     from dodo_ingest_django.conf import conf
 
-    ingestions = {"dodo-flask": new_ingestion(), "dodo-wsgi": new_ingestion()}
+    redis_server = start_redis()
+    try:
+        if redis_server is not None:
+            REDIS_URL = redis_server[1]
+        return measure(rounds, conf, quick=args.quick)
+    finally:
+        if redis_server is not None:
+            import shutil
+
+            process, _, workdir = redis_server
+            process.terminate()
+            process.wait(timeout=10)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure(rounds: int, conf: Any, *, quick: bool) -> int:
+    limited = ["dodo-flask-mem", "dodo-wsgi-mem"]
+    if REDIS_URL is not None:
+        limited += ["dodo-flask-redis", "dodo-wsgi-redis"]
+    ingestions = {name: new_ingestion() for name in ["dodo-flask", "dodo-wsgi", *limited]}
     apps: dict[str, Any] = {
         "flask-bare": flask_app("bare", None),
         "floor-hooks": flask_app("floor-hooks", None),
         "floor-wsgi": flask_app("floor-wsgi", None),
         "dodo-flask": flask_app("dodo-flask", ingestions["dodo-flask"]),
         "dodo-wsgi": flask_app("dodo-wsgi", ingestions["dodo-wsgi"]),
+        **{name: flask_app(name, ingestions[name]) for name in limited},
         "django-bare": django_app("django-bare"),
         "django-floor": django_app("django-floor"),
         "dodo-django": django_app("dodo-django"),
@@ -300,6 +353,10 @@ def main() -> int:
         ("floor: a deque append via a WSGI wrapper (around Flask)", "floor-wsgi", "flask-bare", None),
         ("`DodoIngest` (Flask extension)", "dodo-flask", "flask-bare", "floor-hooks"),
         ("`DodoIngestMiddleware` (WSGI) around the Flask app", "dodo-wsgi", "flask-bare", "floor-wsgi"),
+        ("`DodoIngest` + rate limits, memory:// (vs `DodoIngest`)", "dodo-flask-mem", "flask-bare", "dodo-flask"),
+        ("`DodoIngest` + rate limits, redis:// (vs `DodoIngest`)", "dodo-flask-redis", "flask-bare", "dodo-flask"),
+        ("WSGI + rate limits, memory:// (vs WSGI)", "dodo-wsgi-mem", "flask-bare", "dodo-wsgi"),
+        ("WSGI + rate limits, redis:// (vs WSGI)", "dodo-wsgi-redis", "flask-bare", "dodo-wsgi"),
         ("bare Django", "django-bare", "django-bare", None),
         ("floor: a deque append in a Django middleware", "django-floor", "django-bare", None),
         ("`DodoIngestMiddleware` (Django)", "dodo-django", "django-bare", "django-floor"),
@@ -307,11 +364,13 @@ def main() -> int:
     print("| variant | µs / request | overhead vs bare | vs its floor | flush thread µs / event |")
     print("|---|---:|---:|---:|---:|")
     for label, name, bare, floor in rows:
+        if name not in apps:
+            continue
         overhead = f"{paired(name, bare):+.1f} µs" if name != bare else "—"
         versus = f"{paired(name, floor):+.1f} µs" if floor else ""
         background = f"{statistics.median(flush[name]):.1f}" if name in flush else ""
         print(f"| {label} | {statistics.median(samples[name]):.1f} | {overhead} | {versus} | {background} |")
-    print("\ncommand: python bench/bench_overhead.py" + (" --quick" if args.quick else ""))
+    print("\ncommand: python bench/bench_overhead.py" + (" --quick" if quick else ""))
     return 0
 
 

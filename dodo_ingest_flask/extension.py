@@ -354,19 +354,23 @@ class _AppMeter:
         registered first, and no signal or hook of Flask sits at that moment."""
         if getattr(view, GUARD_ATTRIBUTE, None) is self:
             return
-        app.view_functions[endpoint] = self._guarded(view, endpoint, options.limit if options is not None else None)
+        view_limit = options.limit if options is not None else None
+        app.view_functions[endpoint] = self._guarded(app, view, endpoint, view_limit)
 
-    def _guarded(self, view: Callable[..., Any], endpoint: str, view_limit: ViewLimit | None) -> Callable[..., Any]:
+    def _guarded(
+        self, app: Flask, view: Callable[..., Any], endpoint: str, view_limit: ViewLimit | None
+    ) -> Callable[..., Any]:
         if view_limit is None:
             scope, cost, limits = "", 1, None
         else:
             scope, cost, limits = view_limit.scope or endpoint, view_limit.cost, view_limit.limits
         check = self._check
+        run = app.ensure_sync(view)  # an async view runs as Flask would run it (the view itself if it is sync)
 
         @functools.wraps(view)
         def guarded(**kwargs: Any) -> Any:
             check(scope, cost, limits)
-            return current_app.ensure_sync(view)(**kwargs)  # an async view runs as Flask would run it
+            return run(**kwargs)
 
         setattr(guarded, GUARD_ATTRIBUTE, self)
         return guarded
@@ -417,10 +421,10 @@ class _AppMeter:
                 return response
             metered.status_code = response.status_code
             if metered.limit_check is not None:
-                present = response.headers
+                headers = response.headers
                 for name, value in metered.rate_limit_headers():
-                    if name not in present:  # the app's own value (an errorhandler's Retry-After) wins
-                        present[name] = value
+                    if name not in headers:  # the app's own value (an errorhandler's Retry-After) wins
+                        headers.add(name, value)
             metered.resolve((req, response), _g_customer)
             streamed = (
                 response.is_streamed
