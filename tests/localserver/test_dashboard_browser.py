@@ -206,7 +206,7 @@ def test_the_demos_dashboard_shows_its_customers_and_meters(browser: WebDriver, 
         browser.get(url + "/")
         page = wait_for(browser, lambda p: p["kpi"]["kpi-events"] == f"{metered:,}", f"the demo's {metered} events")
         names = [header.split("\n")[0] for _, header in page["meters"]["headers"]]
-        assert names == ["API calls", "Items ordered", "Report exports", "Slowest call"]
+        assert names == ["API calls", "Items ordered", "Report exports", "Quota units", "Slowest call"]
         assert page["meters"]["totals"][0][1] == f"{metered:,}"  # the "API calls" meter
         assert [c for c, _, _ in page["customers"]][:1] == ["cus_acme"] and len(page["customers"]) == 3
         assert len(page["endpoints"]) == 7 and int(page["chart"]["total"]) == metered
