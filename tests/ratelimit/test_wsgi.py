@@ -189,6 +189,7 @@ def test_off_means_no_limiter_and_nothing_in_the_environ() -> None:
 # --- a real Redis, stopped mid-run ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # starts and stops its own redis-server
 def test_redis_stopped_mid_run_fails_open_then_limits_resume(captured: CapturedEvents) -> None:
     server = RedisServer().start()
     try:
