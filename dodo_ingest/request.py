@@ -333,8 +333,7 @@ class Meter:
         nothing; empty when rate limiting is off. Raises the store's error (this is for the app's own UI)."""
         if self.limiter is None and limits is None:
             return ()
-        limiter = self.limiter or self.view_limiter
-        return limiter.usage(customer_id, scope=scope, limits=limits)
+        return self.view_limiter.usage(customer_id, scope=scope, limits=limits)
 
     def settle(self, limiter: Limiter, customer: str, units: int, check: LimitCheck | None) -> None:
         """Add ``units`` (negative: give them back) to a customer's billing periods, so that the quota counts
@@ -562,7 +561,12 @@ class MeteredRequest:
                     customer = default_customer()
                 except Exception:
                     meter.hook_failed(default_customer)
-            return self._check(limiter, customer, scope, cost, limits, None)
+            customer = self._limit_customer(customer)
+            if customer is None:
+                return None
+            at = limiter.clock()
+            decision = limiter.check(customer, scope=scope, cost=cost, limits=limits)
+            return self._checked(limiter, customer, scope, cost, limits, at, decision)
         except Exception:
             self.meter.internal_error()
             return None
@@ -601,10 +605,10 @@ class MeteredRequest:
                     customer = await default_customer()
                 except Exception:
                     meter.hook_failed(default_customer)
-            at = limiter.clock()
             customer = self._limit_customer(customer)
             if customer is None:
                 return None
+            at = limiter.clock()
             decision = await limiter.acheck(customer, scope=scope, cost=cost, limits=limits)
             return self._checked(limiter, customer, scope, cost, limits, at, decision)
         except Exception:
@@ -625,17 +629,6 @@ class MeteredRequest:
             customer = self.meter.config.fallback_customer_id
         # Not a usable id: not limited here, and finish() skips the request as invalid_customer.
         return customer if isinstance(customer, str) and customer.strip() else None
-
-    def _check(
-        self, limiter: Limiter, customer: Any, scope: str, cost: int, limits: Any, at: float | None
-    ) -> Decision | None:
-        at = limiter.clock() if at is None else at
-        customer = self._limit_customer(customer)
-        if customer is None:
-            return None
-        return self._checked(
-            limiter, customer, scope, cost, limits, at, limiter.check(customer, scope=scope, cost=cost, limits=limits)
-        )
 
     def _checked(
         self, limiter: Limiter, customer: str, scope: str, cost: int, limits: Any, at: float, decision: Decision

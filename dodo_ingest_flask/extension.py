@@ -293,6 +293,18 @@ class RateLimitUnavailable(ServiceUnavailable):
 # --- one app's receivers ------------------------------------------------------------------------------------
 
 
+def _add_fields(response: Response, fields: list[tuple[str, str]]) -> None:
+    """Add the rate-limit fields the response does not have yet: the app's own (an errorhandler's
+    ``Retry-After``) win. One pass over the names (``name in headers`` costs an exception per miss)."""
+    if not fields:
+        return
+    headers = response.headers
+    taken = {name.lower() for name, _ in headers if name[:1] in "RrXx"}
+    for name, value in fields:
+        if not taken or name.lower() not in taken:
+            headers.add(name, value)
+
+
 def _g_customer() -> Any:
     """``g.dodo_customer_id`` of the current app context, or None."""
     return g.get(G_CUSTOMER)
@@ -421,10 +433,7 @@ class _AppMeter:
                 return response
             metered.status_code = response.status_code
             if metered.limit_check is not None:
-                headers = response.headers
-                for name, value in metered.rate_limit_headers():
-                    if name not in headers:  # the app's own value (an errorhandler's Retry-After) wins
-                        headers.add(name, value)
+                _add_fields(response, metered.rate_limit_headers())
             metered.resolve((req, response), _g_customer)
             streamed = (
                 response.is_streamed
