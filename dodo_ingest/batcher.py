@@ -145,6 +145,7 @@ class Batcher:
 
     def __init__(self, config: Config, *, transport_factory: TransportFactory = IngestClient) -> None:
         self.config = config
+        self._enabled = config.enabled
         self._transport_factory = transport_factory
         self._init_process_state()
         lifecycle.register(self)
@@ -225,9 +226,10 @@ class Batcher:
     def enqueue(self, customer_id: Any, event_name: Any, metadata: Any, event_id: Any = None) -> bool:
         """:meth:`add` without the copy and the defaults (the adapters' path); never raises."""
         try:
-            self._own()
+            if self._pid != os.getpid():
+                self._own()
             config = self.config
-            if not config.enabled:
+            if not self._enabled:
                 return False
             created = time.time()
             if _capture_sinks or config.sync_mode:
