@@ -345,10 +345,11 @@ class MeteredRequest:
         """Close the annotations context opened by :meth:`Meter.begin` (in the same context; else a no-op)."""
         token, self.token = self.token, None
         if token is not None:
-            try:  # not contextlib.suppress: this runs once per request, and try costs nothing
+            # Not contextlib.suppress: this runs once per request, and a bare try costs nothing.
+            try:  # noqa: SIM105
                 _current.reset(token)
             except ValueError:  # a different context: nothing to undo there
-                pass  # noqa: SIM105
+                pass
 
     def broke(self) -> None:
         """The adapter itself failed on this request: log it, count it as skipped (``adapter_error``) and end
