@@ -105,8 +105,12 @@ def build_event(item: Queued, counters: Counters) -> tuple[str, str, str, str, d
 
 def encode_item(item: Queued, counters: Counters) -> str:
     """A queued event as its JSON, ready to send (raises ValidationError to drop it)."""
-    if item.event_id is None and not isinstance(item.metadata, LazyMetadata):
-        encoded = encode_plain(item.customer_id, item.event_name, item.metadata, item.created)
+    if item.event_id is None:
+        metadata = item.metadata
+        if isinstance(metadata, LazyMetadata):
+            metadata = metadata.build()
+            item = item._replace(metadata=metadata)
+        encoded = encode_plain(item.customer_id, item.event_name, metadata, item.created)
         if encoded is not None:
             return encoded
     return encode_event(*build_event(item, counters))
