@@ -75,7 +75,14 @@ def app_env(dodo_server: LocalDodoServer, **settings: str) -> dict[str, str]:
 
 
 def gunicorn(app: str, *options: str) -> Callable[[int], list[str]]:
-    """A gunicorn command line for ``app`` (``options`` after the defaults, so they win)."""
+    """A gunicorn command line for ``app`` (``options`` after the defaults, so they win).
+
+    ``--log-level info``: the tests read gunicorn's account of worker exits ("Worker exiting (pid: N)").
+    """
+    import gunicorn as package
+
+    # gunicorn 25.1+ opens a control socket at one fixed path per user: runs side by side would share it.
+    own = ["--no-control-socket"] if tuple(package.version_info) >= (25, 1) else []
 
     def command(port: int) -> list[str]:
         return [
@@ -85,6 +92,7 @@ def gunicorn(app: str, *options: str) -> Callable[[int], list[str]]:
             "--graceful-timeout", "30",
             "--log-level", "info",
             "--chdir", str(ROOT),
+            *own,
             *options,
             app,
         ]  # fmt: skip

@@ -46,7 +46,7 @@ def failed_posts(dodo_server: LocalDodoServer) -> int:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     ("retry_after", "failures"),
-    [("120", 2), (None, 14)],
+    [("120", 1), (None, 14)],
     ids=["503-retry-after-120s", "503-backoff"],
 )
 def test_workers_recycled_after_an_outage_lose_nothing(
@@ -56,15 +56,16 @@ def test_workers_recycled_after_an_outage_lose_nothing(
     env = app_env(dodo_server, flush_interval="0.2")  # send during the run: the flush threads meet the outage
     dodo_server.add_faults(Fault(status=503, retry_after=retry_after, repeat=1_000_000))
     with ServerProcess(gunicorn(APPS["flask"], *options), env, tmp_path) as server:
-        # The outage: a few requests on each worker (far below --max-requests), and their sends fail.
+        # The outage: a few requests (fewer than --max-requests in all), whose sends fail.
         served = drive(server.url, range(30))
-        first = {s.pid for s in served.values()}
-        assert len(first) == 2, f"both workers should serve during the outage: {first}"
-        assert wait_until(lambda: failed_posts(dodo_server) >= failures, 120), describe_requests(dodo_server)
+        outage_workers = {s.pid for s in served.values()}
+        # With Retry-After each of those workers fails once, then waits; without, the backoff grows.
+        wanted = max(failures, len(outage_workers))
+        assert wait_until(lambda: failed_posts(dodo_server) >= wanted, 120), describe_requests(dodo_server)
         dodo_server.clear_faults()  # Dodo is back
         with BackgroundLoad(server.url, start=100) as load:
             load.wait_for(
-                lambda: all(f"Worker exiting (pid: {pid})" in server.output() for pid in first),
+                lambda: all(f"Worker exiting (pid: {pid})" in server.output() for pid in outage_workers),
                 120,
                 "both workers of the outage to be recycled",
             )
