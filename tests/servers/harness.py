@@ -126,6 +126,7 @@ class ServerProcess:
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
+        self._session_gone = False
 
     def __enter__(self) -> ServerProcess:
         return self.start()
@@ -192,7 +193,7 @@ class ServerProcess:
 
     def kill(self) -> None:
         """End the process and anything left in its session (SIGKILL); a no-op once they are gone."""
-        if self.process is None:
+        if self.process is None or self._session_gone:
             return
         if self.process.poll() is None:
             self.process.kill()
@@ -214,6 +215,7 @@ class ServerProcess:
         if not wait_until(gone, timeout, interval=0.05):
             self.kill()
             raise AssertionError(f"workers of the server were still running {timeout} s after it exited")
+        self._session_gone = True
 
     def output(self) -> str:
         """Everything the server wrote so far (stdout and stderr)."""
@@ -348,8 +350,11 @@ class BackgroundLoad:
 # --- what the local Dodo server stored ---------------------------------------------------------------------
 
 
-def check_store(dodo_server: LocalDodoServer, served: Mapping[int, Served], output: str, *, settle: float = 15) -> None:
+def check_store(dodo_server: LocalDodoServer, served: Mapping[int, Served], output: str, *, settle: float = 5) -> None:
     """The store holds exactly one event per served request: nothing lost, nothing duplicated.
+
+    Called once the app processes are gone (or, with a longer ``settle``, while they still deliver): the local
+    server stores a batch before it answers, so whatever was delivered is already there.
 
     Each event's ``seq`` names its request, its customer is the one the app billed, ids are distinct. On a
     failure the message says which requests are missing or doubled, what the server's request log shows

@@ -12,9 +12,8 @@ from dodo_ingest.localserver import LocalDodoServer
 from tests.servers.harness import DJANGO_ASGI, ServerProcess, app_env, check_store, drive
 from tests.servers.test_sigterm import STOPPED_BY_SIGTERM, sync_and_async, uvicorn
 
-pytest.importorskip("uvicorn")
-
-pytestmark = pytest.mark.slow
+# Real server processes: slow (the `servers` tox environment); a generous per-test limit for a busy 2-core box.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def test_django_async_views_under_uvicorn(dodo_server: LocalDodoServer, tmp_path: Path) -> None:

@@ -17,9 +17,8 @@ import requests
 from dodo_ingest.localserver import LocalDodoServer
 from tests.servers.harness import APPS, BackgroundLoad, Served, ServerProcess, app_env, check_store, gunicorn
 
-pytest.importorskip("gunicorn")
-
-pytestmark = pytest.mark.slow
+# Real server processes: slow (the `servers` tox environment); a generous per-test limit for a busy 2-core box.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def assert_not_billed(url: str) -> None:
@@ -81,7 +80,6 @@ def test_gthread_workers(dodo_server: LocalDodoServer, tmp_path: Path, app: str)
 
 @pytest.mark.parametrize("app", ["wsgi", "flask"])
 def test_gevent_workers(dodo_server: LocalDodoServer, tmp_path: Path, app: str) -> None:
-    pytest.importorskip("gevent")
     options = ["--worker-class", "gevent", "--worker-connections", "100"]
     env = app_env(dodo_server, max_batch_size="1000")  # nothing is sent before the exit drain
     with ServerProcess(gunicorn(APPS[app], *options), env, tmp_path) as server:

@@ -18,7 +18,8 @@ from dodo_ingest.localserver import LocalDodoServer
 from tests.servers.apps.common import TOKENS
 from tests.servers.harness import ROOT, Served, app_env, check_store
 
-pytestmark = pytest.mark.slow
+# Real server processes: slow (the `servers` tox environment); a generous per-test limit for a busy 2-core box.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 N = 60
 

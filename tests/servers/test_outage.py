@@ -32,9 +32,8 @@ from tests.servers.harness import (
     gunicorn,
 )
 
-pytest.importorskip("gunicorn")
-
-pytestmark = pytest.mark.slow
+# Real server processes: slow (the `servers` tox environment); a generous per-test limit for a busy 2-core box.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 MAX_REQUESTS = 50  # gunicorn adds a jitter in [0, 10]: a worker is recycled after 50-60 requests
 
@@ -43,7 +42,6 @@ def failed_posts(dodo_server: LocalDodoServer) -> int:
     return sum(1 for r in dodo_server.requests if r.status == 503)
 
 
-@pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     ("retry_after", "failures"),
     [("120", 1), (None, 14)],

@@ -20,7 +20,8 @@ import pytest
 from dodo_ingest.localserver import LocalDodoServer
 from tests.servers.harness import APPS, DJANGO_ASGI, Served, ServerProcess, app_env, check_store, drive
 
-pytestmark = pytest.mark.slow
+# Real server processes: slow (the `servers` tox environment); a generous per-test limit for a busy 2-core box.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 #: A stop by SIGTERM: a clean exit, or the default action of the signal re-raised (chained, not replaced).
 STOPPED_BY_SIGTERM = (0, -signal.SIGTERM)
@@ -55,7 +56,6 @@ def stop_and_check(dodo_server: LocalDodoServer, server: ServerProcess, served: 
 def test_waitress_stopped_by_sigterm_delivers_every_event(
     dodo_server: LocalDodoServer, tmp_path: Path, app: str
 ) -> None:
-    pytest.importorskip("waitress")
     with ServerProcess(waitress(APPS[app]), app_env(dodo_server), tmp_path, name="waitress") as server:
         served = drive(server.url, range(96))
         stop_and_check(dodo_server, server, served)
@@ -65,10 +65,7 @@ def test_waitress_stopped_by_sigterm_delivers_every_event(
 def test_uvicorn_stopped_by_sigterm_delivers_every_event(
     dodo_server: LocalDodoServer, tmp_path: Path, workers: int
 ) -> None:
-    pytest.importorskip("uvicorn")
     command = uvicorn(DJANGO_ASGI, *(["--workers", str(workers)] if workers > 1 else []))
     with ServerProcess(command, app_env(dodo_server), tmp_path, name="uvicorn") as server:
-        served = drive(server.url, range(96), paths=sync_and_async)
-        if workers > 1:
-            served.update(drive(server.url, range(96, 192), paths=sync_and_async, threads=8))
+        served = drive(server.url, range(96 * workers), paths=sync_and_async, threads=4 * workers)
         stop_and_check(dodo_server, server, served)

@@ -20,9 +20,8 @@ import pytest
 from dodo_ingest.localserver import LocalDodoServer
 from tests.servers.harness import APPS, ROOT, BackgroundLoad, ServerProcess, app_env, check_store
 
-pytest.importorskip("pyuwsgi")
-
-pytestmark = pytest.mark.slow
+# Real server processes: slow (the `servers` tox environment); a generous per-test limit for a busy 2-core box.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def uwsgi(app: str, *options: str) -> Callable[[int], list[str]]:
