@@ -225,25 +225,32 @@ class _AppMeter:
     def __init__(self, meter: Meter, exempt_blueprints: set[str]) -> None:
         self.meter = meter
         self.exempt_blueprints = exempt_blueprints
+        #: The options of each endpoint's view, looked up once (views are registered before the first request).
+        self._options: dict[str, ViewOptions | None] = {}
 
     def on_url_values(self, endpoint: str | None, values: dict[str, Any] | None) -> None:
         """A ``url_value_preprocessor``: the first hook of every request, before any ``before_request``."""
         try:
-            self._begin(current_app._get_current_object(), request._get_current_object())  # type: ignore[attr-defined]
+            self._begin(request._get_current_object())  # type: ignore[attr-defined]
         except Exception:
             self.meter.internal_error()
 
-    def _begin(self, app: Flask, req: Request) -> MeteredRequest | None:
+    def _view_options(self, endpoint: str) -> ViewOptions | None:
+        try:
+            return self._options[endpoint]
+        except KeyError:
+            view = current_app.view_functions.get(endpoint)
+            options = getattr(view, VIEW_ATTRIBUTE, None) if view is not None else None
+            if options is None and view is not None:
+                options = getattr(getattr(view, "view_class", None), VIEW_ATTRIBUTE, None)
+            self._options[endpoint] = options
+            return options
+
+    def _begin(self, req: Request) -> MeteredRequest | None:
         setattr(req, REQUEST_ATTRIBUTE, False)  # tried: the fallbacks below never begin a request twice
         environ = req.environ
         rule = req.url_rule
-        options: ViewOptions | None = None
-        if rule is not None:
-            view = app.view_functions.get(rule.endpoint)
-            if view is not None:
-                options = getattr(view, VIEW_ATTRIBUTE, None)
-                if options is None:
-                    options = getattr(getattr(view, "view_class", None), VIEW_ATTRIBUTE, None)
+        options = self._view_options(rule.endpoint) if rule is not None else None
         if (options is not None and options.exempt) or (
             self.exempt_blueprints and not self.exempt_blueprints.isdisjoint(req.blueprints)
         ):
@@ -265,7 +272,7 @@ class _AppMeter:
         metered = getattr(req, REQUEST_ATTRIBUTE, None)
         if metered is None and create:
             # The url_value_preprocessor did not run (e.g. opening the session failed): meter it from here on.
-            metered = self._begin(current_app._get_current_object(), req)  # type: ignore[attr-defined]
+            metered = self._begin(req)
         return metered if isinstance(metered, MeteredRequest) and metered.meter is self.meter else None
 
     def on_response(self, response: Response) -> Response:
