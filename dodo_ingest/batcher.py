@@ -295,6 +295,9 @@ class Batcher:
             thread.start()
         except RuntimeError:  # at interpreter shutdown no thread can start: the exit drain sends instead
             logger.debug("dodo-ingest could not start its flush thread", exc_info=True)
+            with self._lock:
+                if self._thread is thread:
+                    self._thread = None
 
     # --- the flush thread ---------------------------------------------------------------------------------
 
