@@ -199,8 +199,8 @@ def clean_metadata(metadata: Any, *, strict: bool) -> tuple[dict[str, MetadataVa
     """
     if metadata is None:
         return {}, 0
-    if not strict and type(metadata) is dict and _plainly_valid(metadata):
-        return metadata, 0
+    if not strict and type(metadata) is dict and _encode_if_plain(metadata) is not None:
+        return metadata, 0  # the common case: already fine as it is
     if not isinstance(metadata, Mapping):
         raise ValidationError("metadata", f"must be a dict of str -> str/int/float/bool, got {type(metadata).__name__}")
     if len(metadata) > MAX_METADATA_KEYS:
@@ -265,28 +265,6 @@ def _clean_value(key: str, value: Any, strict: bool) -> tuple[MetadataValue, int
         f"{type(value).__name__} is not allowed; Dodo metadata is flat: use str, "
         "int, float or bool (convert it, e.g. str(value), or flatten nested values into their own keys)",
     )
-
-
-def _plainly_valid(metadata: dict[Any, Any]) -> bool:
-    """The common case, checked without building anything: every key and value already fine as is."""
-    if len(metadata) > MAX_METADATA_KEYS:
-        return False
-    for key, value in metadata.items():
-        if type(key) is not str or not 0 < len(key) <= MAX_KEY_LENGTH or not key.isascii():
-            return False
-        kind = type(value)
-        if kind is str:
-            if len(value) > MAX_VALUE_LENGTH or not value.isascii():
-                return False
-        elif kind is float:
-            if value - value != 0.0:  # NaN or an infinity
-                return False
-        elif kind is int:
-            if not -MAX_INT - 1 <= value <= MAX_INT:
-                return False
-        elif kind is not bool:
-            return False
-    return True
 
 
 # --- the event --------------------------------------------------------------------------------------------
