@@ -169,7 +169,7 @@ class _Stuck:
     def __init__(self, release: threading.Event) -> None:
         self.release = release
 
-    def post(self, body: bytes) -> Answer:
+    def post(self, body: bytes, timeout: float | None = None) -> Answer:
         self.release.wait()
         return Answer(200)
 

@@ -87,7 +87,7 @@ def configure(variant: str, base_url: str) -> None:
         USE_TZ=True,
         DODO_INGEST_API_KEY=KEY,
         DODO_INGEST_BASE_URL=base_url,
-        DODO_INGEST_CUSTOMER_ID="bench_django.customer_for",
+        DODO_INGEST_CUSTOMER_RESOLVER="bench_django.customer_for",
         DODO_INGEST_MAX_QUEUE_SIZE=5_000_000,
         DODO_INGEST_MAX_BATCH_SIZE=1000,
         LOGGING_CONFIG=None,

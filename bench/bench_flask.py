@@ -63,7 +63,7 @@ class NullTransport:
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    def post(self, body: bytes) -> Answer:
+    def post(self, body: bytes, timeout: float | None = None) -> Answer:
         return Answer(200)
 
     def close(self) -> None:
@@ -277,16 +277,16 @@ def main(argv: list[str] | None = None) -> int:
 
     floor_queue: deque[tuple[Any, ...]] = deque(maxlen=100_000)
 
-    def deque_add(self: Batcher, customer_id: Any, event_name: Any, metadata: Any, event_id: Any) -> bool:
+    def deque_add(self: Batcher, customer_id: Any, event_name: Any, metadata: Any, event_id: Any = None) -> bool:
         floor_queue.append((customer_id, event_name, metadata))
         return True
 
-    original_add = Batcher._add
-    Batcher._add = deque_add  # type: ignore[method-assign]
+    original_add = Batcher.enqueue
+    Batcher.enqueue = deque_add  # type: ignore[method-assign]
     try:
         partial = in_process(count, runs, ["bare", "dodo-flask", "dodo-wsgi"])
     finally:
-        Batcher._add = original_add  # type: ignore[method-assign]
+        Batcher.enqueue = original_add  # type: ignore[method-assign]
     for variant in ("dodo-flask", "dodo-wsgi"):
         overhead = partial[variant] - partial["bare"]
         print(

@@ -105,8 +105,12 @@ def build_event(item: Queued, counters: Counters) -> tuple[str, str, str, str, d
 
 def encode_item(item: Queued, counters: Counters) -> str:
     """A queued event as its JSON, ready to send (raises ValidationError to drop it)."""
-    if item.event_id is None and not isinstance(item.metadata, LazyMetadata):
-        encoded = encode_plain(item.customer_id, item.event_name, item.metadata, item.created)
+    if item.event_id is None:
+        metadata = item.metadata
+        if isinstance(metadata, LazyMetadata):
+            metadata = metadata.build()
+            item = item._replace(metadata=metadata)
+        encoded = encode_plain(item.customer_id, item.event_name, metadata, item.created)
         if encoded is not None:
             return encoded
     return encode_event(*build_event(item, counters))
@@ -145,6 +149,7 @@ class Batcher:
 
     def __init__(self, config: Config, *, transport_factory: TransportFactory = IngestClient) -> None:
         self.config = config
+        self._enabled = config.enabled
         self._transport_factory = transport_factory
         self._init_process_state()
         lifecycle.register(self)
@@ -225,9 +230,10 @@ class Batcher:
     def enqueue(self, customer_id: Any, event_name: Any, metadata: Any, event_id: Any = None) -> bool:
         """:meth:`add` without the copy and the defaults (the adapters' path); never raises."""
         try:
-            self._own()
+            if self._pid != os.getpid():
+                self._own()
             config = self.config
-            if not config.enabled:
+            if not self._enabled:
                 return False
             created = time.time()
             if _capture_sinks or config.sync_mode:
@@ -289,6 +295,9 @@ class Batcher:
             thread.start()
         except RuntimeError:  # at interpreter shutdown no thread can start: the exit drain sends instead
             logger.debug("dodo-ingest could not start its flush thread", exc_info=True)
+            with self._lock:
+                if self._thread is thread:
+                    self._thread = None
 
     # --- the flush thread ---------------------------------------------------------------------------------
 

@@ -199,8 +199,8 @@ def clean_metadata(metadata: Any, *, strict: bool) -> tuple[dict[str, MetadataVa
     """
     if metadata is None:
         return {}, 0
-    if not strict and type(metadata) is dict and _plainly_valid(metadata):
-        return metadata, 0
+    if not strict and type(metadata) is dict and _encode_if_plain(metadata) is not None:
+        return metadata, 0  # the common case: already fine as it is
     if not isinstance(metadata, Mapping):
         raise ValidationError("metadata", f"must be a dict of str -> str/int/float/bool, got {type(metadata).__name__}")
     if len(metadata) > MAX_METADATA_KEYS:
@@ -267,28 +267,6 @@ def _clean_value(key: str, value: Any, strict: bool) -> tuple[MetadataValue, int
     )
 
 
-def _plainly_valid(metadata: dict[Any, Any]) -> bool:
-    """The common case, checked without building anything: every key and value already fine as is."""
-    if len(metadata) > MAX_METADATA_KEYS:
-        return False
-    for key, value in metadata.items():
-        if type(key) is not str or not 0 < len(key) <= MAX_KEY_LENGTH or not key.isascii():
-            return False
-        kind = type(value)
-        if kind is str:
-            if len(value) > MAX_VALUE_LENGTH or not value.isascii():
-                return False
-        elif kind is float:
-            if value - value != 0.0:  # NaN or an infinity
-                return False
-        elif kind is int:
-            if not -MAX_INT - 1 <= value <= MAX_INT:
-                return False
-        elif kind is not bool:
-            return False
-    return True
-
-
 # --- the event --------------------------------------------------------------------------------------------
 
 
@@ -344,6 +322,40 @@ _encode_metadata: Callable[[Mapping[str, MetadataValue]], str] = json.JSONEncode
 ).encode
 
 
+_int_repr = int.__repr__
+_float_repr = float.__repr__  # a finite float's repr is valid JSON ("0.1", "1e-05")
+
+
+def _encode_if_plain(metadata: dict[Any, Any]) -> str | None:
+    """Check and encode flat metadata in one pass, when every key and value is already fine as it is (ASCII
+    strings within Dodo's limits, ints within 64 bits, finite floats, bools); None otherwise."""
+    if len(metadata) > MAX_METADATA_KEYS:
+        return None
+    parts = []
+    for key, value in metadata.items():
+        if type(key) is not str or not 0 < len(key) <= MAX_KEY_LENGTH or not key.isascii():
+            return None
+        kind = type(value)
+        if kind is str:
+            if len(value) > MAX_VALUE_LENGTH or not value.isascii():
+                return None
+            encoded = _quote(value)
+        elif kind is int:
+            if not -MAX_INT - 1 <= value <= MAX_INT:
+                return None
+            encoded = _int_repr(value)
+        elif kind is float:
+            if value - value != 0.0:  # NaN or an infinity
+                return None
+            encoded = _float_repr(value)
+        elif kind is bool:
+            encoded = "true" if value else "false"
+        else:
+            return None
+        parts.append(f"{_quote(key)}:{encoded}")
+    return "{" + ",".join(parts) + "}"
+
+
 def encode_event(
     event_id: str, customer_id: str, event_name: str, timestamp: str, metadata: Mapping[str, MetadataValue]
 ) -> str:
@@ -370,10 +382,12 @@ def encode_plain(customer_id: Any, event_name: Any, metadata: Any, created: floa
     ):
         return None
     if metadata is None:
-        encoded_metadata = "{}"
-    elif type(metadata) is dict and _plainly_valid(metadata):
-        encoded_metadata = _encode_metadata(metadata)
+        encoded_metadata: str | None = "{}"
+    elif type(metadata) is dict:
+        encoded_metadata = _encode_if_plain(metadata)
     else:
+        return None
+    if encoded_metadata is None:
         return None
     return (
         f'{{"event_id":"{_ids.new_id()}","customer_id":{_quote(customer_id)},'

@@ -379,7 +379,7 @@ class Meter:
                 method in config.exclude_methods
                 or (preflight and config.skip_cors_preflight)
                 or (config.include_paths is not None and not any(p.matches(path) for p in config.include_paths))
-                or any(p.matches(path) for p in config.exclude_paths)
+                or (config.exclude_paths and any(p.matches(path) for p in config.exclude_paths))
             ):
                 carrier[ADAPTER_KEY] = DECLINED
                 self.batcher.counters.skip("filtered")
@@ -505,8 +505,11 @@ class MeteredRequest:
         """Close the annotations context opened by :meth:`Meter.begin` (in the same context; else a no-op)."""
         token, self.token = self.token, None
         if token is not None:
-            with contextlib.suppress(ValueError):  # a different context: nothing to undo there
+            # Not contextlib.suppress: this runs once per request, and a bare try costs nothing.
+            try:  # noqa: SIM105
                 _current.reset(token)
+            except ValueError:  # a different context: nothing to undo there
+                pass
 
     def broke(self) -> None:
         """The adapter itself failed on this request: log it, count it as skipped (``adapter_error``) and end

@@ -316,26 +316,36 @@ class _AppMeter:
     def __init__(self, meter: Meter, exempt_blueprints: set[str]) -> None:
         self.meter = meter
         self.exempt_blueprints = exempt_blueprints
+        #: The options of each endpoint's view, looked up once (views are registered before the first request).
+        self._options: dict[str, ViewOptions | None] = {}
 
     def on_url_values(self, endpoint: str | None, values: dict[str, Any] | None) -> None:
         """A ``url_value_preprocessor``: the first hook of every request, before any ``before_request``."""
         try:
-            self._begin(current_app._get_current_object(), request._get_current_object())  # type: ignore[attr-defined]
+            self._begin(request._get_current_object())  # type: ignore[attr-defined]
         except Exception:
             self.meter.internal_error()
 
-    def _begin(self, app: Flask, req: Request) -> MeteredRequest | None:
+    def _view_options(self, endpoint: str) -> ViewOptions | None:
+        try:
+            return self._options[endpoint]
+        except KeyError:
+            app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+            view = app.view_functions.get(endpoint)
+            options = getattr(view, VIEW_ATTRIBUTE, None) if view is not None else None
+            if options is None and view is not None:
+                options = getattr(getattr(view, "view_class", None), VIEW_ATTRIBUTE, None)
+            limited = self.meter.limiter is not None or (options is not None and options.limit is not None)
+            if view is not None and limited and not (options is not None and options.exempt):
+                self._guard(app, endpoint, view, options)
+            self._options[endpoint] = options
+            return options
+
+    def _begin(self, req: Request) -> MeteredRequest | None:
         setattr(req, REQUEST_ATTRIBUTE, False)  # tried: the fallbacks below never begin a request twice
         environ = req.environ
         rule = req.url_rule
-        options: ViewOptions | None = None
-        view = None
-        if rule is not None:
-            view = app.view_functions.get(rule.endpoint)
-            if view is not None:
-                options = getattr(view, VIEW_ATTRIBUTE, None)
-                if options is None:
-                    options = getattr(getattr(view, "view_class", None), VIEW_ATTRIBUTE, None)
+        options = self._view_options(rule.endpoint) if rule is not None else None
         if (options is not None and options.exempt) or (
             self.exempt_blueprints and not self.exempt_blueprints.isdisjoint(req.blueprints)
         ):
@@ -350,16 +360,14 @@ class _AppMeter:
             metered.event_name = options.event_name
             if options.metadata:
                 metered.annotations.metadata.update(options.metadata)
-        if view is not None and (self.meter.limiter is not None or (options is not None and options.limit)):
-            assert rule is not None
-            self._guard(app, rule.endpoint, view, options)
         setattr(req, REQUEST_ATTRIBUTE, metered)
         return metered
 
     # --- the rate-limit check: after every before_request function, just before the view ------------------
 
     def _guard(self, app: Flask, endpoint: str, view: Callable[..., Any], options: ViewOptions | None) -> None:
-        """Make the endpoint's view check the rate limits first (once per endpoint, on its first request).
+        """Make the endpoint's view check the rate limits first (once per endpoint, on its first request, when
+        its options are looked up).
 
         Flask runs ``before_request`` functions (the app's, then the blueprints') and then looks the view up in
         ``app.view_functions``: a view wrapped there runs its check after every one of them, whichever was
@@ -419,7 +427,7 @@ class _AppMeter:
         metered = getattr(req, REQUEST_ATTRIBUTE, None)
         if metered is None and create:
             # The url_value_preprocessor did not run (e.g. opening the session failed): meter it from here on.
-            metered = self._begin(current_app._get_current_object(), req)  # type: ignore[attr-defined]
+            metered = self._begin(req)
         return metered if isinstance(metered, MeteredRequest) and metered.meter is self.meter else None
 
     def on_response(self, response: Response) -> Response:

@@ -32,6 +32,9 @@ from limits.strategies import STRATEGIES, RateLimiter
 from dodo_ingest.ratelimit.decision import LimitState
 
 ASYNC_CONNECTIONS = 16  # per event loop
+#: Seconds a task may wait for one of those connections. Waiting for a busy connection is not the store being
+#: down (that is the socket timeout's and the breaker's job): a burst of tasks on a loaded host must not fail open.
+ASYNC_POOL_WAIT = 2.0
 PERIOD_GRACE = 3600  # seconds a period's key outlives the period (a late refund still finds it)
 
 
@@ -360,12 +363,12 @@ class RedisBackend(GenericBackend):
             from redis.asyncio import BlockingConnectionPool
 
             # Bounded: a burst of tasks shares a few connections instead of opening one each, whose handshakes
-            # would queue on the loop past the connect timeout. A task waits for a free one at most `timeout`.
+            # would queue on the loop past the connect timeout. A task waits for a free one at most ASYNC_POOL_WAIT.
             options = dict(self.async_options)
             pool = BlockingConnectionPool.from_url(
                 self.uri,
                 max_connections=ASYNC_CONNECTIONS,
-                timeout=options.get("socket_timeout") or 1.0,
+                timeout=ASYNC_POOL_WAIT,
                 **options,
             )
             storage = AsyncRedisStorage(
