@@ -130,7 +130,7 @@ def _keys(setting: Setting) -> tuple[str, ...]:
 
 def _check_one(setting: Setting, key: str, value: Any) -> checks.CheckMessage | None:
     label = f"settings.{key}"
-    if setting.name in CALLABLE_SETTINGS:
+    if setting.name in CALLABLE_SETTINGS or (setting.name == "rate_limits" and _is_dotted(value)):
         return _check_callable(label, value)
     problem = check_setting(setting.name, value)
     if problem is None:
@@ -147,6 +147,11 @@ def _check_one(setting: Setting, key: str, value: Any) -> checks.CheckMessage | 
     if _has_expected_type(setting, value):
         return _error(6, f"{label}: {problem}")
     return _error(2, f"{label} has the wrong type: {problem}")
+
+
+def _is_dotted(value: Any) -> bool:
+    """``"myapp.billing.limits_for"`` (a plan callable), not limits such as ``"100/minute"``."""
+    return isinstance(value, str) and re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", value.strip()) is not None
 
 
 def _check_callable(label: str, value: Any) -> checks.CheckMessage | None:

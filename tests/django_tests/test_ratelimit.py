@@ -256,6 +256,7 @@ def test_w003_memory_storage_with_several_workers(settings: Settings, monkeypatc
     [
         ("RATE_LIMITS", "lots/minute", "dodo_ingest.E006"),
         ("RATE_LIMITS", 100, "dodo_ingest.E002"),
+        ("RATE_LIMITS", "myapp.billing.limits_for", "dodo_ingest.E003"),
         ("RATE_LIMIT_STORAGE", "mongo://x", "dodo_ingest.E006"),
         ("RATE_LIMIT_STRATEGY", "token-bucket", "dodo_ingest.E006"),
         ("RATE_LIMIT_KEY", "nowhere.at_all", "dodo_ingest.E003"),
@@ -269,6 +270,8 @@ def test_rate_limit_settings_are_checked(settings: Settings, name: str, value: A
 
 
 def test_valid_rate_limit_settings_pass(settings: Settings) -> None:
+    settings.DODO_INGEST_RATE_LIMITS = "tests.ratelimit.plans.limits_for"
+    assert check_settings() == []
     settings.DODO_INGEST_RATE_LIMITS = ["100/minute", "20000/month"]
     settings.DODO_INGEST_RATE_LIMIT_KEY = "tests.django_tests.ratelimit_views.key_from_header"
     settings.DODO_INGEST_RATE_LIMIT_RESPONSE = "tests.django_tests.ratelimit_views.slow_down"
