@@ -326,8 +326,10 @@ class HostSender:
         delivered (after a last read: their writer may have written once more before letting go)."""
         for path, cursor in list(self._cursors.items()):
             cursor.ack(cursor.read_to)
-            if cursor.try_seal():
-                records, damage = cursor.read(READ_BYTES, MAX_EVENTS_PER_REQUEST, self._room_bytes())
+            room = MAX_EVENTS_PER_REQUEST - len(self._window)
+            full = room <= 0 or self._window_bytes >= self.config.max_request_bytes
+            if not full and cursor.try_seal():
+                records, damage = cursor.read(READ_BYTES, room, self._room_bytes())
                 self._report_damage(cursor, damage)
                 if records:
                     self._take(cursor, records)

@@ -104,6 +104,18 @@ def test_a_spool_left_behind_is_replayed_with_its_ids_and_timestamps_and_its_exp
     assert segments(tmp_path, dodo_server.url) == []
 
 
+def test_segments_left_by_several_dead_processes_go_out_in_requests_of_at_most_1000(
+    make_batch: Callable[..., Batcher], dodo_server: LocalDodoServer, tmp_path: Path
+) -> None:
+    now = time.time()
+    for n in range(3):
+        leave_segment(tmp_path, dodo_server.url, [event(f"evt_{n}_{i}", now - 60, i=i) for i in range(700)], pid=n + 1)
+    assert make_batch(spool_dir=tmp_path).flush(timeout=30)
+    assert dodo_server.event_count() == 2100
+    assert [r.status for r in dodo_server.requests] == [200, 200, 200]
+    assert [r.event_count for r in dodo_server.requests] == [1000, 1000, 100]
+
+
 def test_a_damaged_spool_is_replayed_as_far_as_it_can_be_read_and_the_rest_is_reported(
     make_batch: Callable[..., Batcher], dodo_server: LocalDodoServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
