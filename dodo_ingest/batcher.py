@@ -491,7 +491,7 @@ class Batcher:
                 f"the spool at {spooled.writer.directory.path} holds spool_max_bytes={self.config.spool_max_bytes}",
             )
         self._mark_done(chunk.last_seq)
-        if written:
+        if written and spooled.sender.is_leader:
             spooled.sender.wake()
 
     def _deliver(self, chunk: _Chunk, deliverer: Deliverer) -> None:

@@ -145,6 +145,8 @@ class HostSender:
     def flush(self, deadline: float) -> bool:
         """If this process is the host's sender, send everything in the spool now; wait until ``deadline``
         (``time.monotonic()``). True when the spool was emptied, or when another process is the sender."""
+        if self._stopped:
+            return True  # after a shutdown: what is left was reported, and waits for the next sender
         self.start()
         thread = self._thread
         if thread is None or not thread.is_alive():
@@ -171,11 +173,10 @@ class HostSender:
 
     def finish_shutdown(self) -> int:
         """The batcher's last events are written: finish, within the deadline. Returns how many events are left
-        in the spool (for the host's next sender)."""
+        in the spool with no process sending them (0 when another process is the host's sender)."""
         with self._lock:
             self._writers_done = True
             deadline = self._deadline if self._deadline is not None else time.monotonic()
-            was_leader = self._leader is not None
         self._wake.set()
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
@@ -184,12 +185,20 @@ class HostSender:
             self._stopped = True
         self._wake.set()
         self._interrupt.set()
-        if not was_leader and self._thread is None:
-            return 0
         try:
+            if self._leader is None and self._another_sends():
+                return 0
             return self.directory.pending_events()
         except OSError:
             return 0
+
+    def _another_sends(self) -> bool:
+        """Whether another process holds the host's sender lock."""
+        probe = OwnedFile(self.directory.lock_path, os.O_RDWR | os.O_CREAT)
+        try:
+            return not probe.try_lock()
+        finally:
+            probe.close()
 
     # --- the thread -------------------------------------------------------------------------------------------
 
