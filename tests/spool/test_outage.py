@@ -1,7 +1,7 @@
 """Dodo down for a minute under 500 requests/s (gunicorn, ``max_queue_size=1000``, the spool on): nothing is lost,
 memory stays flat while the backlog waits on disk, and after recovery the backlog goes out in full requests.
 
-``DODO_OUTAGE_SECONDS`` sets the outage (default 15 s in the suite; the README's figures are for 60 s).
+``DODO_OUTAGE_SECONDS`` sets the outage (default 10 s in the suite; the README's figures are for 60 s).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tests.spool.test_gunicorn import gunicorn, stop
 
 pytest.importorskip("gunicorn")
 
-OUTAGE = float(os.environ.get("DODO_OUTAGE_SECONDS", "15"))
+OUTAGE = float(os.environ.get("DODO_OUTAGE_SECONDS", "10"))
 RATE = 500.0
 
 
