@@ -478,9 +478,6 @@ class Batcher:
             )
             self._deliver(chunk, deliverer)
             return
-        with self._lock:
-            self.counters.in_flight -= len(ready)
-            self.counters.spooled += written
         if written < len(ready):
             record_drop(
                 self.counters,
@@ -490,6 +487,9 @@ class Batcher:
                 "spool_full",
                 f"the spool at {spooled.writer.directory.path} holds spool_max_bytes={self.config.spool_max_bytes}",
             )
+        with self._lock:  # after the drops are counted: no event is ever in neither count
+            self.counters.in_flight -= len(ready)
+            self.counters.spooled += written
         self._mark_done(chunk.last_seq)
         if written and spooled.sender.is_leader:
             spooled.sender.wake()

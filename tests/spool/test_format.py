@@ -137,3 +137,17 @@ def test_a_cursor_reads_in_pieces_and_never_splits_a_line(tmp_path: Path, size: 
     assert seen == [j for j, _ in events]
     writer.close()
     cursor.close()
+
+
+def test_the_pending_count_is_exact_for_small_spools_and_estimated_for_large_ones(tmp_path: Path) -> None:
+    directory = spool.SpoolDirectory(str(tmp_path), "http://127.0.0.1:1")
+    directory.create()
+    writer = spool.SegmentWriter(directory, max_bytes=1 << 30)
+    writer.append([event_json(i) for i in range(3000)])
+    [segment] = directory.segments()
+    assert directory.pending_events() == 3000
+    line = len(spool.encode_record(*event_json(0)))
+    spool.write_ack(segment, len(spool.HEADER) + 1000 * line)
+    assert directory.pending_events() == 2000
+    assert directory.pending_events(exact_up_to=100 * line) == 2000  # estimated from the first 100 lines
+    writer.close()
