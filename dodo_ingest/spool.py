@@ -253,7 +253,7 @@ class SpoolDirectory:
     def pending_events(self, exact_up_to: int = 16 * 1024 * 1024) -> int:
         """Events not yet delivered, counted from the files (one line each) while they hold at most
         ``exact_up_to`` undelivered bytes, estimated from the average line beyond that: for reports at exit."""
-        count, pending, sampled, lines = 0, 0, 0, 0
+        pending, sampled, lines = 0, 0, 0
         for path in self.segments():
             offset = read_ack(path)
             try:
