@@ -335,10 +335,8 @@ class HostSender:
         delivered (after a last read: their writer may have written once more before letting go)."""
         for path, cursor in list(self._cursors.items()):
             cursor.ack(cursor.read_to)
-            room = MAX_EVENTS_PER_REQUEST - len(self._window)
-            full = room <= 0 or self._window_bytes >= self.config.max_request_bytes
-            if not full and cursor.try_seal():
-                records, damage = cursor.read(READ_BYTES, room, self._room_bytes())
+            if not self._window_full() and cursor.try_seal():
+                records, damage = cursor.read(READ_BYTES, self._room_events(), self._room_bytes())
                 self._report_damage(cursor, damage)
                 if records:
                     self._take(cursor, records)
@@ -355,19 +353,27 @@ class HostSender:
         for gone in set(self._cursors) - set(paths):
             self._cursors.pop(gone).close()
         for path in paths:
-            room = MAX_EVENTS_PER_REQUEST - len(self._window)
-            if room <= 0 or self._window_bytes >= self.config.max_request_bytes:
-                return
             cursor = self._cursors.get(path)
             if cursor is None:
                 cursor = self._cursors[path] = SegmentCursor(path)
-            try:
-                records, damage = cursor.read(READ_BYTES, room, self._room_bytes())
-            except FileNotFoundError:
-                self._cursors.pop(path).close()
-                continue
-            self._report_damage(cursor, damage)
-            self._take(cursor, records)
+            while not self._window_full():
+                try:
+                    records, damage = cursor.read(READ_BYTES, self._room_events(), self._room_bytes())
+                except FileNotFoundError:
+                    self._cursors.pop(path).close()
+                    break
+                self._report_damage(cursor, damage)
+                self._take(cursor, records)
+                if not records and not damage:
+                    break  # read to its end, for now
+            if self._window_full():
+                return
+
+    def _room_events(self) -> int:
+        return MAX_EVENTS_PER_REQUEST - len(self._window)
+
+    def _window_full(self) -> bool:
+        return self._room_events() <= 0 or self._window_bytes >= self.config.max_request_bytes
 
     def _take(self, cursor: SegmentCursor, records: list[Record]) -> None:
         """Add records to the window; a user-supplied event_id already in it is a ``duplicate_id`` (one request

@@ -116,6 +116,16 @@ def test_segments_left_by_several_dead_processes_go_out_in_requests_of_at_most_1
     assert [r.event_count for r in dodo_server.requests] == [1000, 1000, 100]
 
 
+def test_long_events_still_go_out_in_full_requests(
+    make_batch: Callable[..., Batcher], dodo_server: LocalDodoServer, tmp_path: Path
+) -> None:
+    now = time.time()
+    pad = "x" * 400  # 1000 of these take more than one read of a segment
+    leave_segment(tmp_path, dodo_server.url, [event(f"evt_long_{i}", now - 60, i=i, pad=pad) for i in range(2000)])
+    assert make_batch(spool_dir=tmp_path).flush(timeout=30)
+    assert [r.event_count for r in dodo_server.requests] == [1000, 1000]
+
+
 def test_a_damaged_spool_is_replayed_as_far_as_it_can_be_read_and_the_rest_is_reported(
     make_batch: Callable[..., Batcher], dodo_server: LocalDodoServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
