@@ -1,7 +1,7 @@
 """Eight gunicorn workers sharing a spool against Dodo's request budget (``--rate-limit 100/minute``): one of them
 sends for all, within the budget, and every answered request is billed once.
 
-``DODO_FLEET_SECONDS`` sets the length of the run (default 20 s in the suite; the README's figures are for 180 s).
+``DODO_FLEET_SECONDS`` sets the length of the run (default 15 s in the suite; the README's figures are for 180 s).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tests.spool.test_gunicorn import gunicorn, stop
 
 pytest.importorskip("gunicorn")
 
-SECONDS = float(os.environ.get("DODO_FLEET_SECONDS", "20"))
+SECONDS = float(os.environ.get("DODO_FLEET_SECONDS", "15"))
 RATE = 100.0
 
 
