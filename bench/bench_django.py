@@ -90,6 +90,7 @@ def configure(variant: str, base_url: str) -> None:
         DODO_INGEST_CUSTOMER_RESOLVER="bench_django.customer_for",
         DODO_INGEST_MAX_QUEUE_SIZE=5_000_000,
         DODO_INGEST_MAX_BATCH_SIZE=1000,
+        DODO_INGEST_MAX_REQUESTS_PER_MINUTE=None,
         LOGGING_CONFIG=None,
     )
     django.setup()

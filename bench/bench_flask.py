@@ -80,6 +80,7 @@ def create_app(variant: str = "bare", base_url: str | None = None) -> Any:
         return {"hello": "world", "user": user_id}
 
     settings: dict[str, Any] = {"fallback_customer_id": "cus_bench", "max_batch_size": 1000, "flush_interval": 1.0}
+    settings["max_requests_per_minute"] = None  # the pipeline's cost, not Dodo's request budget
     ingestion = None
     if base_url is None:
         ingestion = Ingestion(api_key=KEY, transport_factory=NullTransport, **settings)

@@ -76,6 +76,7 @@ def new_ingestion() -> Any:
         max_batch_size=1000,
         flush_interval=600.0,
         max_queue_size=1_000_000,
+        max_requests_per_minute=None,  # the pipeline's cost, not Dodo's request budget
     )
 
 
@@ -199,6 +200,7 @@ def configure_django() -> None:
         DODO_INGEST_MAX_BATCH_SIZE=1000,
         DODO_INGEST_FLUSH_INTERVAL=600.0,
         DODO_INGEST_MAX_QUEUE_SIZE=1_000_000,
+        DODO_INGEST_MAX_REQUESTS_PER_MINUTE=None,
         LOGGING_CONFIG=None,
     )
     django.setup()

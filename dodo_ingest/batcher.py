@@ -12,6 +12,12 @@ the ones that cannot be sent (anything at all that goes wrong with one event dro
 included; account for every event. The flush thread is also the batcher's :class:`~dodo_ingest.delivery.Waiter`:
 every wait is an ``Event.wait`` that ``flush()`` and ``shutdown()`` interrupt.
 
+Durable delivery (``spool_dir``): the flush thread hands each chunk to the spool instead (:meth:`Batcher._hand_over`,
+the one place a chunk leaves the queue), at most 50 ms after its oldest event was accepted; the host's one
+:class:`~dodo_ingest.host_sender.HostSender` delivers it from there. The request budget
+(``max_requests_per_minute``) is part of the one "should we send now" rule: a due batch waits for the
+:class:`~dodo_ingest.pacing.RequestPacer`, and grows meanwhile.
+
 Per-process state: every entry point compares ``os.getpid()`` with the pid that built the queue, lock, counters
 and thread; a forked child (by ``os.fork``, uWSGI, or a raw ``fork()``) starts afresh and the parent keeps and
 delivers what it had queued. If the flush thread ever ends unexpectedly, the next ``add()`` starts a new one.
@@ -19,6 +25,7 @@ delivers what it had queued. If the flush thread ever ends unexpectedly, the nex
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -28,10 +35,10 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from dodo_ingest import lifecycle
+from dodo_ingest import lifecycle, spool
 from dodo_ingest.config import MAX_EVENTS_PER_REQUEST, Config
 from dodo_ingest.delivery import Budget, Deliverer, Pending, record_drop
-from dodo_ingest.errors import ValidationError
+from dodo_ingest.errors import ConfigurationError, ValidationError
 from dodo_ingest.events import (
     Event,
     check_identifiers,
@@ -42,6 +49,8 @@ from dodo_ingest.events import (
     format_timestamp,
     new_event_id,
 )
+from dodo_ingest.host_sender import HostSender
+from dodo_ingest.pacing import PacedTransport, RequestPacer
 from dodo_ingest.stats import Counters, RateLimitedLog, Stats
 from dodo_ingest.sync import SyncSender
 from dodo_ingest.transport import IngestClient, Transport
@@ -140,6 +149,26 @@ class _Chunk(NamedTuple):
     ready: list[Pending]
 
 
+class _Spool(NamedTuple):
+    """A batcher's durable spool: its own segment writer, and its process's candidate for the host's sender."""
+
+    writer: spool.SegmentWriter
+    sender: HostSender
+
+
+def _open_spool_directory(config: Config) -> None:
+    """Check at start-up that the spool directory can be used (a problem is a configuration error)."""
+    assert config.spool_dir is not None
+    directory = spool.SpoolDirectory(config.spool_dir, config.host)
+    try:
+        directory.create()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"spool_dir: cannot use {directory.path!r} ({exc.strerror or exc}); give a local directory this "
+            "process can create and write to, or leave spool_dir unset"
+        ) from None
+
+
 class Batcher:
     """Queues events and delivers them in the background. Thread-safe; ``add`` never blocks or raises.
 
@@ -151,6 +180,8 @@ class Batcher:
         self.config = config
         self._enabled = config.enabled
         self._transport_factory = transport_factory
+        if config.spool_dir is not None and config.enabled:
+            _open_spool_directory(config)
         self._init_process_state()
         lifecycle.register(self)
 
@@ -181,6 +212,16 @@ class Batcher:
         self._deadline: float | None = None
         self._shutdown_drops_before = 0
         self._sync = SyncSender(self.config, self._transport_factory, self.counters, self._log)
+        spool.close_inherited()  # a forked child: the parent's spool files, and their locks, stay the parent's
+        self._spool: _Spool | None = None
+        self._pacer: RequestPacer | None = None
+        config = self.config
+        if config.spool_dir is not None:
+            directory = spool.SpoolDirectory(config.spool_dir, config.host)
+            sender = HostSender(config, directory, self._transport_factory, self.counters, self._log)
+            self._spool = _Spool(spool.SegmentWriter(directory, config.spool_max_bytes), sender)
+        elif config.max_requests_per_minute is not None:
+            self._pacer = RequestPacer(config.max_requests_per_minute)
 
     def _own(self) -> None:
         """Make sure this process's state is this process's own (uWSGI and raw forks run no at-fork hook)."""
@@ -298,17 +339,21 @@ class Batcher:
             with self._lock:
                 if self._thread is thread:
                     self._thread = None
+        if self._spool is not None:
+            self._spool.sender.start()
 
     # --- the flush thread ---------------------------------------------------------------------------------
 
     def _run(self) -> None:
         transport = self._transport_factory(self.config)
+        if self._pacer is not None:
+            transport = PacedTransport(transport, self._pacer)
         deliverer = Deliverer(self.config, transport, self.counters, self, self._log)
         try:
             while self._wait_for_work():
                 chunk = self._take()
                 if chunk is not None:
-                    self._deliver(chunk, deliverer)
+                    self._hand_over(chunk, deliverer)
         except BaseException:  # pragma: no cover - a bug; keep the app alive, say so, let add() restart us
             logger.exception("dodo-ingest flush thread failed; a new one starts with the next event")
         finally:
@@ -335,7 +380,10 @@ class Batcher:
 
     def _send_now(self) -> float | None:
         """The one "should we send now" rule (called under the lock): seconds until a request is due (0 or less:
-        now), or None when nothing is queued (or the shutdown deadline has passed)."""
+        now), or None when nothing is queued (or the shutdown deadline has passed).
+
+        With a spool, "send" means "write to disk", within 50 ms of acceptance. With a request budget, a due
+        batch also waits for the pacer (never at shutdown); the batch grows meanwhile."""
         queue = self._queue
         if not queue:
             return None
@@ -343,8 +391,14 @@ class Batcher:
             deadline = self._deadline
             return None if deadline is not None and time.monotonic() >= deadline else 0.0
         if self._flush_target > self._done_seq or len(queue) >= self.config.max_batch_size:
-            return 0.0
-        return queue[0].created + self.config.flush_interval - time.time()
+            due = 0.0
+        elif self._spool is not None:
+            return queue[0].created + spool.COMMIT_INTERVAL - time.time()
+        else:
+            due = queue[0].created + self.config.flush_interval - time.time()
+        if due > 0 or self._pacer is None:
+            return due
+        return self._pacer.delay()
 
     def _take(self) -> _Chunk | None:
         """Take up to one request's worth from the head of the queue, each event built and encoded.
@@ -409,6 +463,46 @@ class Batcher:
                 self._refuse(item, "shutdown", "the shutdown deadline passed before these could be delivered")
             self._mark_done(items[-1].seq)
 
+    def _hand_over(self, chunk: _Chunk, deliverer: Deliverer) -> None:
+        """The one place a taken chunk leaves the queue: to Dodo, or, with a spool, to disk."""
+        if self._spool is None:
+            self._deliver(chunk, deliverer)
+        else:
+            self._write_to_spool(chunk, self._spool, deliverer)
+
+    def _write_to_spool(self, chunk: _Chunk, spooled: _Spool, deliverer: Deliverer) -> None:
+        """Write a chunk to this batcher's segment in one commit and wake the host's sender. What does not fit
+        under ``spool_max_bytes`` is dropped as ``spool_full``; if the disk cannot be written at all (full, or the
+        directory removed), the chunk is delivered from memory instead, as without a spool."""
+        ready = chunk.ready
+        try:
+            written = spooled.writer.append([(p.json, p.created) for p in ready]) if ready else 0
+        except OSError as exc:
+            self._log.log(
+                logging.ERROR,
+                "spool-write",
+                "dodo-ingest cannot write its spool at %s (%s); sending from memory meanwhile",
+                spooled.writer.directory.path,
+                exc.strerror or exc,
+            )
+            self._deliver(chunk, deliverer)
+            return
+        if written < len(ready):
+            record_drop(
+                self.counters,
+                self.config,
+                self._log,
+                [json.loads(p.json) for p in ready[written:]],
+                "spool_full",
+                f"the spool at {spooled.writer.directory.path} holds spool_max_bytes={self.config.spool_max_bytes}",
+            )
+        with self._lock:  # after the drops are counted: no event is ever in neither count
+            self.counters.in_flight -= len(ready)
+            self.counters.spooled += written
+        self._mark_done(chunk.last_seq)
+        if written and spooled.sender.is_leader:
+            spooled.sender.wake()
+
     def _deliver(self, chunk: _Chunk, deliverer: Deliverer) -> None:
         """Deliver a taken chunk, then account for every event in it (sent or dropped)."""
         try:
@@ -464,8 +558,18 @@ class Batcher:
     def flush(self, timeout: float = 10.0) -> bool:
         """Send everything queued so far now; wait at most ``timeout`` seconds.
 
-        Returns True when every event added before the call has been sent or dropped (see :meth:`stats`).
+        Returns True when every event added before the call has been sent or dropped (see :meth:`stats`). With a
+        spool: when they are on disk and, if this process is the host's sender, the whole spool has been sent
+        (in another worker, the host's sender sends them within ``flush_interval``).
         """
+        deadline = time.monotonic() + timeout
+        done = self._flush_queue(timeout)
+        if self._spool is None or not done:
+            return done
+        return self._spool.sender.flush(deadline)
+
+    def _flush_queue(self, timeout: float) -> bool:
+        """:meth:`flush` of the in-memory queue: sent (or, with a spool, written) or dropped."""
         self._own()
         with self._lock:
             target = self._seq
@@ -509,6 +613,8 @@ class Batcher:
             self._flushes += 1  # a shutdown is also a flush: it cuts our own backoff short
         self._wake.set()
         self._interrupt.set()
+        if self._spool is not None:
+            self._spool.sender.begin_shutdown(deadline)
 
     def finish_shutdown(self) -> bool:
         """Wait (until the deadline) for the drain :meth:`begin_shutdown` started; account for what is left."""
@@ -544,9 +650,24 @@ class Batcher:
                 in_flight,
             )
         self._sync.close()
+        if self._spool is not None:
+            self._finish_spool(self._spool, thread)
         with self._lock:
             lost = self.counters.dropped.get("shutdown", 0) - self._shutdown_drops_before
         return not lost and not in_flight
+
+    def _finish_spool(self, spooled: _Spool, thread: threading.Thread | None) -> None:
+        """Seal this batcher's segment; let the host's sender finish within the deadline; say what is left."""
+        if thread is None or not thread.is_alive() or thread is threading.current_thread():
+            spooled.writer.close()
+        left = spooled.sender.finish_shutdown()
+        if left:
+            logger.warning(
+                "dodo-ingest: %d events wait in the spool at %s; the host's next sender sends them (another "
+                "worker, or the next process started with this spool_dir), within Dodo's one-hour window",
+                left,
+                spooled.writer.directory.path,
+            )
 
     def _drain_here(self, deadline: float) -> bool:
         """Deliver in the calling thread (no flush thread could run), within ``deadline``."""
@@ -558,7 +679,7 @@ class Batcher:
             while self._queue and time.monotonic() < deadline:
                 chunk = self._take()
                 if chunk is not None:
-                    self._deliver(chunk, deliverer)
+                    self._hand_over(chunk, deliverer)
         finally:
             transport.close()
         return not self._queue

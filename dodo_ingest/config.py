@@ -216,6 +216,26 @@ def _methods(value: Any) -> frozenset[str]:
     return frozenset(methods)
 
 
+def _spool_dir(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise _Invalid(f"expected a directory path (str or pathlib.Path), got {type(value).__name__}")
+    path = os.fspath(value)
+    if not isinstance(path, str):
+        raise _Invalid("expected a text path, not bytes")
+    if os.name != "posix":
+        raise _Invalid("the durable spool needs POSIX file locks (Linux, macOS); leave spool_dir unset here")
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _per_minute(value: Any) -> float | None:
+    if value is None:
+        return None
+    result: float = _number(1, 100_000, unit="requests per minute")(value)
+    return result
+
+
 def _fallback_customer(value: Any) -> str | None:
     result = _optional_str("a Dodo customer id such as 'cus_123'")(value)
     if result is not None and result.lower() in ("anonymous", "unknown", "none", "null"):
@@ -342,6 +362,29 @@ SETTINGS: tuple[Setting, ...] = (
         _callable,
         "Callable `(events: list[dict], reason: str) -> None` called with every event that is dropped. "
         "Dotted path accepted.",
+    ),
+    Setting(
+        "max_requests_per_minute",
+        90,
+        _per_minute,
+        "Requests per minute each sender makes at most (Dodo allows about 100 per key). A token bucket paces "
+        "the requests; when it binds, batches grow toward 1000 events instead. A 429 halves the pace, each "
+        "accepted request raises it again by 1 (AIMD). None: unpaced. Synchronous sends are never paced.",
+    ),
+    Setting(
+        "spool_dir",
+        None,
+        _spool_dir,
+        "Directory of the durable spool (opt-in; local disk). Accepted events are on disk within 50 ms and "
+        "removed only after Dodo's 2xx; a process that dies leaves them for the next one; the processes that "
+        "share it elect one to send for all. See *Durable delivery and Dodo's request budget*.",
+    ),
+    Setting(
+        "spool_max_bytes",
+        1024**3,
+        _number(1024 * 1024, 1024**4, integer=True, unit="bytes"),
+        "Bytes the spool may take on disk (every process of the host together); beyond it new events are dropped "
+        "and counted as `spool_full`.",
     ),
     # --- the request-to-event path (middlewares and extensions) ---
     Setting(
@@ -535,6 +578,9 @@ class Config:
     sync_mode: bool = _default("sync_mode")
     on_error: Callable[..., Any] | None = None
     on_drop: Callable[..., Any] | None = None
+    max_requests_per_minute: float | None = _default("max_requests_per_minute")
+    spool_dir: str | None = None
+    spool_max_bytes: int = _default("spool_max_bytes")
     request: RequestConfig = field(default_factory=RequestConfig)
 
     @classmethod

@@ -1,7 +1,8 @@
 """Exact counters of what became of every event, and a rate-limited logger for the flush thread.
 
 Every accepted event ends up in exactly one of: ``sent``, ``dropped[reason]``, or still ``queued`` /
-``in_flight``. Requests that a middleware decided not to meter are counted under ``skipped[reason]``.
+``in_flight`` (with a spool: ``spooled``, and from there the host's sender counts what it sends and drops).
+Requests that a middleware decided not to meter are counted under ``skipped[reason]``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ DROP_REASONS: dict[str, str] = {
     "shutdown": "the process exited (or shutdown() returned) before the event could be delivered",
     "duplicate_id": "a user-supplied event_id repeated within one request (Dodo would ignore the repeat anyway)",
     "internal_error": "a bug in dodo-ingest while delivering; see the log (please report it)",
+    "spool_full": "the spool held spool_max_bytes on disk (a long outage: raise it, or look at why delivery fails)",
+    "spool_corrupt": "a damaged line of a spool file (a write cut short by a crash or power loss) was skipped",
 }
 
 #: Why a request was not turned into an event (the keys of ``Stats.skipped``).
@@ -54,6 +57,8 @@ class Stats:
     skipped: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
     last_error_at: float | None = None
+    #: Accepted events written to the durable spool (``spool_dir``); the host's sender delivers them from there.
+    spooled: int = 0
 
     @property
     def dropped_total(self) -> int:
@@ -75,6 +80,7 @@ class Stats:
             "skipped": dict(self.skipped),
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
+            "spooled": self.spooled,
         }
 
 
@@ -94,6 +100,7 @@ class Counters:
         self.skipped: dict[str, int] = {}
         self.last_error: str | None = None
         self.last_error_at: float | None = None
+        self.spooled = 0
 
     def add(self, name: str, n: int = 1) -> None:
         """Increment a scalar counter (``sent``, ``retried``, ``requests``, ``repaired``, ``hook_errors``...)."""
@@ -130,6 +137,7 @@ class Counters:
             dict(self.skipped),
             self.last_error,
             self.last_error_at,
+            self.spooled,
         )
 
 
