@@ -336,24 +336,24 @@ class _Syncer:
             self._work.wait_for(lambda: not (self._dirty or self._retired or self._busy), timeout)
 
     def _ensure_thread(self) -> None:
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            return
-        thread = threading.Thread(target=self._run, name="dodo-ingest-spool-fsync", daemon=True)
+        with self._work:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            thread = self._thread = threading.Thread(target=self._run, name="dodo-ingest-spool-fsync", daemon=True)
         try:
             thread.start()
         except RuntimeError:  # at interpreter shutdown no thread can start: sync in the calling thread
+            with self._work:
+                self._thread = None
             self._sync_once()
-            return
-        self._thread = thread
 
     def _run(self) -> None:
         while True:
             with self._work:
                 self._work.wait_for(lambda: bool(self._dirty or self._retired or self._new_name), 5.0)
-                idle = not (self._dirty or self._retired or self._new_name)
-            if idle:
-                return  # a new thread starts with the next write
+                if not (self._dirty or self._retired or self._new_name):
+                    self._thread = None  # idle: the next write starts a new thread
+                    return
             self._sync_once()
 
     def _sync_once(self) -> None:
