@@ -659,7 +659,7 @@ class Batcher:
     def _finish_spool(self, spooled: _Spool, thread: threading.Thread | None) -> None:
         """Seal this batcher's segment; let the host's sender finish within the deadline; say what is left."""
         if thread is None or not thread.is_alive() or thread is threading.current_thread():
-            spooled.writer.close()
+            spooled.writer.close(timeout=self.time_left() or 0.0)
         left = spooled.sender.finish_shutdown()
         if left:
             logger.warning(

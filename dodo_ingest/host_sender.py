@@ -262,7 +262,7 @@ class HostSender:
         """Hold the host's sender lock, or try to take it (at most once per ELECTION_INTERVAL unless forced)."""
         with self._lock:
             if self._leader is not None:
-                if os.fstat(self._leader.fd).st_nlink:
+                if self._leader.still_there():
                     return True
                 # the spool directory was removed under us: a new sender.lock means a new election
                 leader, self._leader = self._leader, None

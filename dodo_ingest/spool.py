@@ -16,10 +16,11 @@ The JSON is the one the flush thread encoded, with its ``event_id`` and ``timest
 replay sends identical events and Dodo, which ignores ids it already has, bills each once. (Event JSON is
 ASCII and has no raw newline: :func:`dodo_ingest.events.encode_event` escapes both.)
 
-**Writing** (:class:`SegmentWriter`, on the flush thread): a group commit is one ``write()`` and one
-``fsync()`` for every event taken since the last one, at most :data:`COMMIT_INTERVAL` after the oldest of them was
-accepted. Once ``write()`` returns, the events survive the death of the process (``kill -9``, the OOM
-killer, a crash); once ``fsync()`` returns, a power loss. A segment is sealed (closed, its lock released) after
+**Writing** (:class:`SegmentWriter`, on the flush thread): a group commit is one ``write()`` of every event taken
+since the last one, at most :data:`COMMIT_INTERVAL` after the oldest of them was accepted. Once ``write()``
+returns, the events survive the death of the process (``kill -9``, the OOM killer, a crash); a thread of the
+writer's own then fsyncs them (:class:`_Syncer`), so that they also survive a power loss, without a slow disk
+ever holding back the next commit. A segment is sealed (closed, its lock released) after
 :data:`SEGMENT_BYTES` or :data:`SEGMENT_SECONDS`, or when its writer stops; a dead writer's lock is released by
 the kernel, which is how the sender tells a finished segment from one still growing.
 
@@ -29,13 +30,14 @@ write in progress while the writer lives, and damage (a write cut short) once it
 file can raise into the host app: the sender logs, counts (``spool_corrupt``) and moves on.
 
 **Why segments, not SQLite** (``python bench/bench_spool.py write``, this project's 2-core VM, ext4): both commit
-far faster than one key's budget can carry events (about 1,700/s): 100-event commits with fsync write 141k
-events/s to segments (p50 0.68 ms, p99 1.6 ms, most of it the checksums) and 185k to SQLite in WAL mode with
-``synchronous=FULL`` (p50 0.44 ms, but p99 6.6 ms: its checkpoints, with a single writer). Segments win on what
-matters beyond speed: every file has one writer, so no process's commit ever waits on another's lock (one
-SQLite database serializes every writer on the host and the sender's deletes); a damaged file is detected
-line by line and its readable part replayed, where a damaged SQLite file is "malformed" as a whole; and a
-delivered segment goes with one ``unlink``, with no vacuum or checkpoint to starve.
+far faster than one key's budget can carry events (about 1,700/s). 100-event commits, fsynced, write about 140k
+events/s to segments (p50 0.6-0.7 ms, p99 1.6-4 ms; 0.16-0.25 ms without the fsync, mostly the checksums), and
+185k-200k to SQLite in WAL mode with ``synchronous=FULL`` (p50 0.4 ms, but p99 6.6-6.9 ms: its checkpoints, with
+a single writer). Segments win on what matters beyond speed: every file has one writer, so no process's commit
+ever waits on another's lock (one SQLite database serializes every writer on the host and the sender's
+deletes), and the fsync runs beside the next write instead of before it; a damaged file is detected line by
+line and its readable part replayed, where a damaged SQLite file is "malformed" as a whole; and a delivered
+segment goes with one ``unlink``, with no vacuum or checkpoint to starve.
 """
 
 from __future__ import annotations
@@ -190,6 +192,14 @@ class OwnedFile:
             raise
         return True
 
+    def still_there(self) -> bool:
+        """Whether its path still names this file (not removed, or moved away with its directory)."""
+        try:
+            named, opened = os.stat(self.path), os.fstat(self.fd)
+        except OSError:
+            return False
+        return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
     def close(self) -> None:
         """Close it (which releases its lock, if this process opened it). Idempotent."""
         fd, self.fd = self.fd, -1
@@ -286,16 +296,96 @@ class SpoolDirectory:
 # --- writing ----------------------------------------------------------------------------------------------
 
 
+class _Syncer:
+    """fsyncs a writer's segments in a thread of its own, so that a slow disk never holds back the next
+    ``write()``. A commit survives the death of its process once written; it survives a power loss once this
+    thread has fsynced it, normally within a millisecond (the disk's own latency when the disk is busy). It also
+    seals retired segments (fsync, then close: which releases their lock) and fsyncs the directory after a new
+    segment appears.
+    """
+
+    def __init__(self, directory: SpoolDirectory) -> None:
+        self.directory = directory
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._dirty: list[OwnedFile] = []  # written since their last fsync
+        self._retired: list[OwnedFile] = []  # sealed: fsync, then close
+        self._new_name = False
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def written(self, owned: OwnedFile, *, new: bool = False) -> None:
+        """``owned`` was written to (``new``: it was just created: fsync the directory too)."""
+        with self._work:
+            if owned not in self._dirty:
+                self._dirty.append(owned)
+            self._new_name = self._new_name or new
+            self._work.notify()
+        self._ensure_thread()
+
+    def retire(self, owned: OwnedFile) -> None:
+        """Seal ``owned`` once everything written to it is on disk."""
+        with self._work:
+            self._retired.append(owned)
+            self._work.notify()
+        self._ensure_thread()
+
+    def drain(self, timeout: float) -> None:
+        """Wait until everything written so far is fsynced and every retired segment sealed."""
+        with self._work:
+            self._work.wait_for(lambda: not (self._dirty or self._retired or self._busy), timeout)
+
+    def _ensure_thread(self) -> None:
+        with self._work:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            thread = self._thread = threading.Thread(target=self._run, name="dodo-ingest-spool-fsync", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # at interpreter shutdown no thread can start: sync in the calling thread
+            with self._work:
+                self._thread = None
+            self._sync_once()
+
+    def _run(self) -> None:
+        while True:
+            with self._work:
+                self._work.wait_for(lambda: bool(self._dirty or self._retired or self._new_name), 5.0)
+                if not (self._dirty or self._retired or self._new_name):
+                    self._thread = None  # idle: the next write starts a new thread
+                    return
+            self._sync_once()
+
+    def _sync_once(self) -> None:
+        with self._work:
+            dirty, retired, new_name = self._dirty, self._retired, self._new_name
+            self._dirty, self._retired, self._new_name, self._busy = [], [], False, True
+        try:
+            for owned in [*dirty, *(f for f in retired if f not in dirty)]:
+                if owned.fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.fsync(owned.fd)
+            if new_name:
+                self.directory.sync()
+            for owned in retired:
+                owned.close()
+        finally:
+            with self._work:
+                self._busy = False
+                self._work.notify_all()
+
+
 class SegmentWriter:
     """Appends a batcher's events to its own segment in group commits (the flush thread's side of the spool).
 
-    Not thread-safe: one flush thread writes.
+    Not thread-safe: one flush thread writes. With ``fsync`` (the default) a :class:`_Syncer` thread makes
+    every commit durable against a power loss too, without holding back the next one.
     """
 
     def __init__(self, directory: SpoolDirectory, max_bytes: int, fsync: bool = True) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
-        self.fsync = fsync
+        self._syncer = _Syncer(directory) if fsync else None
         self._file: OwnedFile | None = None
         self._size = 0
         self._opened = 0.0
@@ -314,7 +404,7 @@ class SegmentWriter:
             self._file is None
             or self._size >= SEGMENT_BYTES
             or time.monotonic() - self._opened >= SEGMENT_SECONDS
-            or os.fstat(self._file.fd).st_nlink == 0  # someone removed it: nobody would ever read it
+            or not self._file.still_there()  # someone removed it: nobody would ever read it
         )
         room = self._room() - (len(HEADER) if rotate else 0)
         count, size = 0, 0
@@ -335,8 +425,8 @@ class SegmentWriter:
         while view:
             written = os.write(self._file.fd, view)
             view = view[written:]
-        if self.fsync:
-            os.fsync(self._file.fd)
+        if self._syncer is not None:
+            self._syncer.written(self._file, new=rotate)
         self._size += len(data)
         if self._used is not None:
             self._used += len(data)
@@ -352,7 +442,7 @@ class SegmentWriter:
     def _rotate(self) -> None:
         """Seal the current segment and start a new one (created under a temporary name, locked, then renamed,
         so that the sender never sees a segment without its writer's lock)."""
-        self.close()
+        self._seal()
         os.makedirs(self.directory.path, mode=0o700, exist_ok=True)
         name = f"seg-{time.time_ns():020d}-{os.getpid()}-{os.urandom(4).hex()}"
         temporary = os.path.join(self.directory.path, name + ".tmp")
@@ -369,18 +459,30 @@ class SegmentWriter:
                 os.unlink(temporary)
             raise
         owned.path = path
-        self.directory.sync()
         self._file, self._size, self._opened = owned, len(HEADER), time.monotonic()
 
-    def close(self) -> None:
-        """Seal the current segment (removed at once if it holds no event). Idempotent."""
+    def _seal(self) -> None:
+        """Let go of the current segment (removed at once if it holds no event)."""
         owned, self._file = self._file, None
         if owned is None:
             return
         if self._size <= len(HEADER) and owned.pid == os.getpid():
             with contextlib.suppress(OSError):
                 os.unlink(owned.path)
-        owned.close()
+        if self._syncer is not None and owned.pid == os.getpid():
+            self._syncer.retire(owned)
+        else:
+            owned.close()
+
+    def sync(self, timeout: float = 5.0) -> None:
+        """Wait (up to ``timeout``) until everything written so far is on disk."""
+        if self._syncer is not None:
+            self._syncer.drain(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Seal the current segment, and wait (up to ``timeout``) until everything written is on disk. Idempotent."""
+        self._seal()
+        self.sync(timeout)
 
 
 # --- reading ----------------------------------------------------------------------------------------------

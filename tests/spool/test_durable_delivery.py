@@ -183,7 +183,8 @@ def test_a_spool_directory_removed_under_a_running_batcher_is_made_again(
     batch = make_batch(spool_dir=tmp_path / "spool", flush_interval=0.1)
     batch.add("cus_rm", {"i": 0})
     assert dodo_server.wait_for_events(1, timeout=10)
-    shutil.rmtree(tmp_path / "spool")
+    (tmp_path / "spool").rename(tmp_path / "gone")  # removed (in one step: the batcher keeps writing)
+    shutil.rmtree(tmp_path / "gone", ignore_errors=True)
     for i in range(1, 20):
         batch.add("cus_rm", {"i": i})
     assert dodo_server.wait_for_events(20, timeout=20)
