@@ -25,6 +25,7 @@ delivers what it had queued. If the flush thread ever ends unexpectedly, the nex
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple, cast
 
 from dodo_ingest import lifecycle, spool
 from dodo_ingest.config import MAX_EVENTS_PER_REQUEST, Config
@@ -51,6 +52,7 @@ from dodo_ingest.events import (
 )
 from dodo_ingest.host_sender import HostSender
 from dodo_ingest.pacing import PacedTransport, RequestPacer
+from dodo_ingest.rollup import Facts, Rollup, Rollups
 from dodo_ingest.stats import Counters, RateLimitedLog, Stats
 from dodo_ingest.sync import SyncSender
 from dodo_ingest.transport import IngestClient, Transport
@@ -73,6 +75,10 @@ class LazyMetadata:
     """Metadata that the flush thread builds (the request thread only hands over the facts)."""
 
     __slots__ = ()
+
+    #: Whether these are a request's facts that ``rollup_interval`` folds into a rollup
+    #: (:class:`dodo_ingest.rollup.Facts`).
+    rollable: ClassVar[bool] = False
 
     def build(self) -> Mapping[str, Any]:
         """The event's metadata (may raise: the event is then dropped as ``invalid``)."""
@@ -222,6 +228,7 @@ class Batcher:
             self._spool = _Spool(spool.SegmentWriter(directory, config.spool_max_bytes), sender)
         elif config.max_requests_per_minute is not None:
             self._pacer = RequestPacer(config.max_requests_per_minute)
+        self._rollups = Rollups(config.rollup_interval) if config.rollup_interval is not None else None
 
     def _own(self) -> None:
         """Make sure this process's state is this process's own (uWSGI and raw forks run no at-fork hook)."""
@@ -279,6 +286,9 @@ class Batcher:
             created = time.time()
             if _capture_sinks or config.sync_mode:
                 return self._add_now(Queued(0, customer_id, event_name, metadata, created, event_id))
+            rollups = self._rollups
+            if rollups is not None and event_id is None and isinstance(metadata, LazyMetadata) and metadata.rollable:
+                return self._fold(rollups, customer_id, event_name, cast(Facts, metadata), created)
             queue = self._queue
             with self._lock:
                 depth = len(queue)
@@ -301,6 +311,37 @@ class Batcher:
             logger.exception("dodo-ingest could not queue an event; dropped")
             self.counters.drop("invalid")
             return False
+
+    def _fold(self, rollups: Rollups, customer_id: str, event_name: str, facts: Facts, created: float) -> bool:
+        """``rollup_interval``: add a request to its window's sums instead of queueing an event for it."""
+        opened = rollups.fold(customer_id, event_name, facts, created)
+        if opened is None:
+            self._refuse(Queued(0, customer_id, event_name, facts, created, None), "shutdown", _REFUSED["shutdown"])
+            return False
+        if opened:
+            self._wake.set()  # the flush thread waits for the window's end from now on
+        if self._thread is None:
+            self._start()
+        return True
+
+    def _queue_rollups(self, rollups: list[Rollup]) -> None:
+        """Queue closed windows' rollups like any event (bounded by ``max_queue_size``; after the shutdown has
+        accounted for the queue, dropped as ``shutdown``)."""
+        if not rollups:
+            return
+        refused: list[tuple[Queued, str]] = []
+        with self._lock:
+            for rollup in rollups:
+                item = Queued(0, *rollup)
+                if self._finalized or len(self._queue) >= self.config.max_queue_size:
+                    refused.append((item, "shutdown" if self._finalized else "queue_full"))
+                    continue
+                self._seq += 1
+                self._queue.append(item._replace(seq=self._seq))
+                self.counters.accepted += 1
+        for item, reason in refused:
+            self._refuse(item, reason, f"a rollup of {item.metadata['calls']} calls: {_REFUSED[reason]}")
+        self._wake.set()
 
     def _refuse(self, item: Queued, reason: str, message: str) -> None:
         """An event not accepted: counted and logged here; ``on_drop`` runs in the calling thread."""
@@ -366,9 +407,12 @@ class Batcher:
         """Block until a request is due (True) or the batcher has stopped and nothing is left (False)."""
         while True:
             self._wake.clear()
+            window_ends_in = self._close_windows() if self._rollups is not None else None
             with self._lock:
                 due_in = self._send_now()
                 stopping = self._closed
+            if window_ends_in is not None and (due_in is None or window_ends_in < due_in):
+                due_in = window_ends_in
             if due_in is None:
                 if stopping:
                     return False
@@ -377,6 +421,16 @@ class Batcher:
                 return True
             else:
                 self._wake.wait(due_in)
+
+    def _close_windows(self) -> float | None:
+        """``rollup_interval``: queue the rollups of the windows that have ended; seconds until the next ends."""
+        assert self._rollups is not None
+        now = time.time()
+        ends_in = self._rollups.due_in(now)
+        if ends_in is not None and ends_in <= 0:
+            self._queue_rollups(self._rollups.close(now))
+            ends_in = self._rollups.due_in(now)
+        return ends_in
 
     def _send_now(self) -> float | None:
         """The one "should we send now" rule (called under the lock): seconds until a request is due (0 or less:
@@ -571,6 +625,8 @@ class Batcher:
     def _flush_queue(self, timeout: float) -> bool:
         """:meth:`flush` of the in-memory queue: sent (or, with a spool, written) or dropped."""
         self._own()
+        if self._rollups is not None:
+            self._queue_rollups(self._rollups.close())  # the open windows, closed early
         with self._lock:
             target = self._seq
             if target <= self._done_seq:
@@ -604,6 +660,8 @@ class Batcher:
     def begin_shutdown(self, deadline: float) -> None:
         """Refuse new events and start delivering what is queued, until ``deadline`` (``time.monotonic()``)."""
         self._own()
+        if self._rollups is not None:
+            self._queue_rollups(self._rollups.close(stop=True))
         with self._lock:
             if self._closed:
                 return
@@ -688,7 +746,11 @@ class Batcher:
         """A consistent snapshot of the counters: accepted, sent, retried, dropped by reason, queued, ..."""
         self._own()
         with self._lock:
-            return self.counters.snapshot(len(self._queue))
+            stats = self.counters.snapshot(len(self._queue))
+        rollups = self._rollups
+        if rollups is None:
+            return stats
+        return dataclasses.replace(stats, rolled_up=rollups.folded, rolling=rollups.pending)
 
     def __enter__(self) -> Batcher:
         return self

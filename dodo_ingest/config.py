@@ -236,6 +236,13 @@ def _per_minute(value: Any) -> float | None:
     return result
 
 
+def _rollup_interval(value: Any) -> float | None:
+    if value is None:
+        return None
+    result: float = _seconds(1.0, 900.0)(value)
+    return result
+
+
 def _fallback_customer(value: Any) -> str | None:
     result = _optional_str("a Dodo customer id such as 'cus_123'")(value)
     if result is not None and result.lower() in ("anonymous", "unknown", "none", "null"):
@@ -385,6 +392,14 @@ SETTINGS: tuple[Setting, ...] = (
         _number(1024 * 1024, 1024**4, integer=True, unit="bytes"),
         "Bytes the spool may take on disk (every process of the host together); beyond it new events are dropped "
         "and counted as `spool_full`.",
+    ),
+    Setting(
+        "rollup_interval",
+        None,
+        _rollup_interval,
+        "Seconds of a rollup window (opt-in, 1 to 900): the middlewares' requests are sent as one event per "
+        "customer, endpoint, method and status class per window, with `calls`, `errors` and sums and maxima, "
+        "instead of one event per request. Bill with a Sum meter over `calls`. See *Rollups*.",
     ),
     # --- the request-to-event path (middlewares and extensions) ---
     Setting(
@@ -581,6 +596,7 @@ class Config:
     max_requests_per_minute: float | None = _default("max_requests_per_minute")
     spool_dir: str | None = None
     spool_max_bytes: int = _default("spool_max_bytes")
+    rollup_interval: float | None = None
     request: RequestConfig = field(default_factory=RequestConfig)
 
     @classmethod
@@ -606,6 +622,10 @@ class Config:
             values["base_url"] = _parse(_BY_NAME["base_url"], environ[ENV_BASE_URL], ENV_BASE_URL)
         request = RequestConfig(**_collect(kwargs, mapping, source, scope="request"))
         config = cls(**values, request=request)
+        if config.rollup_interval is not None and config.sync_mode:
+            raise ConfigurationError(
+                "rollup_interval: rollups are built by the background batcher; unset sync_mode, or rollup_interval"
+            )
         if request.enabled and config.api_key is None:
             raise ConfigurationError(
                 f"no API key: set {'DODO_INGEST_API_KEY' if mapping is not None else 'api_key='} or the "

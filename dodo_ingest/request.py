@@ -165,7 +165,10 @@ def chunk_size(chunk: Any) -> int | None:
 
 
 class RequestEvent(LazyMetadata):
-    """The facts of one finished request; the flush thread turns them into the event's metadata."""
+    """The facts of one finished request; the flush thread turns them into the event's metadata (or, with
+    ``rollup_interval``, the batcher folds them into a rollup)."""
+
+    rollable = True
 
     __slots__ = (
         "annotated",

@@ -59,6 +59,11 @@ class Stats:
     last_error_at: float | None = None
     #: Accepted events written to the durable spool (``spool_dir``); the host's sender delivers them from there.
     spooled: int = 0
+    #: ``rollup_interval``: requests folded into rollups (the rollups themselves are counted as events, in
+    #: ``accepted``, ``sent``...).
+    rolled_up: int = 0
+    #: ``rollup_interval``: requests in windows not yet closed (queued as rollups when their window ends).
+    rolling: int = 0
 
     @property
     def dropped_total(self) -> int:
@@ -81,6 +86,8 @@ class Stats:
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "spooled": self.spooled,
+            "rolled_up": self.rolled_up,
+            "rolling": self.rolling,
         }
 
 
