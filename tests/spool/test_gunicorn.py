@@ -87,3 +87,27 @@ def test_a_gunicorn_worker_killed_mid_run_loses_only_its_last_moments(
     )
     assert all(gap < LOSS_WINDOW for gap in lost), f"lost an event answered {max(lost):.3f} s before the kill"
     assert len(extra) <= 4, "only requests in flight in the killed worker (one per caller) have no answer"
+
+
+@pytest.mark.slow
+def test_rollups_from_two_gunicorn_workers_through_the_spool_bill_every_request_once(
+    dodo_server: LocalDodoServer, tmp_path: Path
+) -> None:
+    """Two workers fold their requests into rollups of 1 s windows, each with ids of its own process; the host's
+    sender delivers them from the spool. The Sum over ``calls`` is the number of requests answered."""
+    port, log = free_port(), tmp_path / "gunicorn.log"
+    process = gunicorn(dodo_server, 2, port, log, spool_dir=str(tmp_path / "spool"), rollup_interval="1")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(url + "/health", process, 30, lambda: log.read_text(errors="replace"))
+        load = Load(url + "/work", threads=4)
+        assert wait_until(lambda: load.count() >= 2000, timeout=60)
+        answered = load.stop()
+        assert load.failed == 0
+        assert wait_until(lambda: sum(e["metadata"]["calls"] for e in dodo_server.events()) >= len(answered), 30)
+    finally:
+        stop(process, log)  # the graceful stop sends the windows still open
+    events = dodo_server.events()
+    assert sum(e["metadata"]["calls"] for e in events) == len(answered)
+    assert len({e["event_id"] for e in events}) == len(events) < len(answered) / 10
+    assert {e["metadata"]["endpoint"] for e in events} == {"/work"}
