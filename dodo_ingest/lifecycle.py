@@ -164,15 +164,54 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
             _hold_default_signal(signum)
         return
     # The default handler would kill the process now, skipping atexit: drain first, then die the same way.
-    _drain_in_thread()
+    if _background_drain_pid != os.getpid() and _inside_the_sdk(frame):
+        # The interrupted code may hold a lock the drain needs (inside add(), inside a drain that atexit or
+        # multiprocessing's finalizer began): let it run on, drain beside it, and die of this signal after.
+        _start_drain(signum)
+        return
+    if _background_drain_pid != os.getpid():
+        _drain_in_thread()
+    elif not _background_drain_done.is_set():
+        return  # a second SIGTERM during the background drain: it kills the process when it is done
     signal.signal(signum, signal.SIG_DFL)
     _release_held_signal()
     signal.raise_signal(signum)
 
 
+_background_drain_pid = 0
+_background_drain_done = threading.Event()
+
+
+def _inside_the_sdk(frame: FrameType | None) -> bool:
+    """Whether the interrupted main thread is running dodo-ingest's code (maybe holding one of its locks)."""
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith("dodo_ingest"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _start_drain(signum: int) -> None:
+    """Drain in a thread the handler does not wait for; then deliver ``signum`` again, to die of it."""
+    global _background_drain_pid, _background_drain_done
+    _background_drain_pid = os.getpid()
+    done = _background_drain_done = threading.Event()
+
+    def drain_then_die() -> None:
+        try:
+            _drain_in_thread()
+        finally:
+            done.set()
+            os.kill(os.getpid(), signum)  # the main thread's handler now restores the default and re-raises
+
+    try:
+        threading.Thread(target=drain_then_die, name="dodo-ingest-sigterm-drain", daemon=True).start()
+    except RuntimeError:  # at interpreter exit: the drain that atexit began goes on in the main thread
+        done.set()
+
+
 def _drain_in_thread() -> None:
-    """Flush, then shut down, every batcher; from a helper thread joined with a deadline, so that a lock the
-    interrupted main thread happens to hold can delay the drain but never hang the process."""
+    """Flush, then shut down, every batcher; from a helper thread joined with a deadline."""
     batchers = [b for b in list(_live) if b.owner_pid == os.getpid()]
     if not batchers:
         return

@@ -241,6 +241,41 @@ def test_sigterm_drains_and_the_process_still_dies_of_sigterm(host: str, dodo_se
     assert len(events) == expected and len({e["event_id"] for e in events}) == expected
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX signals")
+def test_a_sigterm_that_interrupts_the_sdk_holding_a_lock_still_drains_and_dies_of_sigterm(
+    dodo_server: LocalDodoServer,
+) -> None:
+    """The handler runs in the main thread between two bytecodes: there the main thread may hold a lock of the
+    SDK's. Here SIGTERM arrives inside the ``Event.set()`` of a shutdown that had begun (as when
+    ``Pool.terminate()`` hits a worker already draining in multiprocessing's finalizer), with the event's lock
+    held: a drain that waited for that lock waited until its deadline, and the queue died with the process."""
+    result = run_script(
+        """
+        import os, signal, sys
+        from dodo_ingest import Ingestion, create_batch
+        batch = create_batch(Ingestion(), max_size=1000, flush_interval=600)
+        for i in range(50):
+            batch.add("cus_lock", {"i": i})
+
+        def kill_inside_the_lock(frame, event, arg):
+            caller = frame.f_back.f_back if frame.f_back else None
+            if event == "call" and frame.f_code.co_name == "notify_all" and caller and (
+                caller.f_code.co_name == "begin_shutdown"
+            ):
+                sys.setprofile(None)
+                os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode: inside notify_all
+
+        sys.setprofile(kill_inside_the_lock)
+        batch.shutdown()
+        signal.pause()  # SIGTERM ends the process once its drain is done
+        """,
+        dodo_server,
+    )
+    assert result.returncode == -signal.SIGTERM, result.stderr
+    assert dodo_server.wait_for_events(50, timeout=10)
+    assert sorted(e["metadata"]["i"] for e in dodo_server.events()) == list(range(50))
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the fork start method")
 def test_a_pool_that_ends_in_terminate_delivers_its_workers_queues(dodo_server: LocalDodoServer) -> None:
