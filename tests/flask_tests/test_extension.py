@@ -582,3 +582,23 @@ def test_exempt_works_on_a_blueprint_and_belongs_to_the_instance(captured: Captu
     client.get("/api")
     assert [e.metadata["endpoint"] for e in captured] == ["/api"]
     assert dodo.stats().skipped == {"filtered": 1}
+
+
+def test_rollups_bill_the_calls_by_route_template(dodo_server: LocalDodoServer) -> None:
+    app, dodo = make_app(api_key=TEST_KEY, base_url=dodo_server.url, shutdown_timeout=5.0, rollup_interval=300)
+    client = app.test_client()
+    for item in range(30):
+        client.get(f"/api/v1/items/{item}", headers={"X-Customer": f"cus_{item % 3}"})
+    client.post("/api/v1/items", headers=C)
+    assert dodo.flush(timeout=10)
+    calls = {
+        (e["customer_id"], e["metadata"]["endpoint"], e["metadata"]["method"]): e["metadata"]["calls"]
+        for e in dodo_server.events()
+    }
+    assert calls == {
+        ("cus_0", "/api/v1/items/<int:item_id>", "GET"): 10,
+        ("cus_1", "/api/v1/items/<int:item_id>", "GET"): 10,
+        ("cus_2", "/api/v1/items/<int:item_id>", "GET"): 10,
+        ("cus_1", "/api/v1/items", "POST"): 1,
+    }
+    assert dodo.stats().rolled_up == 31
