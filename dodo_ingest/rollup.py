@@ -95,8 +95,7 @@ class Rollups:
     def fold(self, customer_id: str, event_name: str, facts: Facts, created: float) -> bool | None:
         """Add one request. Returns True when it opened the only window (the flush thread should look at its
         clock again), False otherwise, None when the rollups are stopped (a shutdown has closed them)."""
-        interval = self.interval
-        start = max((created // interval) * interval, self._open_from)
+        aligned = (created // self.interval) * self.interval
         status = status_class(facts.status_code)
         key = (customer_id, event_name, facts.endpoint, facts.method, status)
         code = facts.status_code
@@ -108,6 +107,7 @@ class Rollups:
         with self._lock:
             if self._stopped:
                 return None
+            start = max(aligned, self._open_from)  # read under the lock: never a window already sent
             window = (start, self._parts.get(start, 0))
             sums_by_key = self._windows.get(window)
             opened = False

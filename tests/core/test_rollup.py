@@ -8,6 +8,7 @@ sent twice (an answer lost after Dodo stored it) is counted once.
 from __future__ import annotations
 
 import random
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -136,6 +137,43 @@ def test_ids_differ_between_processes_and_keys() -> None:
             rollups.fold(customer, "api_call", _Facts(), t0)
         ids += [r.event_id for r in rollups.close(t0 + INTERVAL)]
     assert len(set(ids)) == 4 and all(i.startswith("rlp_") and len(i) == 44 for i in ids)
+
+
+def test_folds_racing_closes_lose_nothing_and_never_reuse_an_id() -> None:
+    """Request threads fold while the flush thread closes windows (on time, and early for flushes): every request
+    is in exactly one rollup, and no two rollups share an id (Dodo would ignore the second: lost calls)."""
+    rollups = Rollups(1.0)
+    t0 = 1_800_000_000.0
+    folds_per_thread, threads = 20_000, 4
+    clock = [t0]
+    done = threading.Event()
+    closed: list[Any] = []
+
+    def request_thread(n: int) -> None:
+        for i in range(folds_per_thread):
+            now = clock[0]
+            rollups.fold(f"cus_{i % 7}", "api_call", _Facts(status=200 + 100 * (i % 4)), now)
+
+    def flush_thread() -> None:
+        step = 0
+        while not done.is_set():
+            step += 1
+            clock[0] += 0.01
+            closed.extend(rollups.close(None) if step % 5 == 0 else rollups.close(clock[0]))
+
+    workers = [threading.Thread(target=request_thread, args=(n,)) for n in range(threads)]
+    closer = threading.Thread(target=flush_thread)
+    closer.start()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    done.set()
+    closer.join()
+    closed.extend(rollups.close(None))
+    assert sum(r.metadata["calls"] for r in closed) == folds_per_thread * threads
+    assert len({r.event_id for r in closed}) == len(closed)
+    assert rollups.pending == 0
 
 
 def test_after_a_stop_folds_are_refused() -> None:
