@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-from .rules import INVALID_REQUEST_BODY, RuleViolation
+from .rules import INVALID_REQUEST_BODY, RuleViolation, json_type
 
 __all__ = [
     "AGGREGATION_TYPES",
@@ -66,18 +66,6 @@ def _bad(message: str) -> RuleViolation:
     return RuleViolation(422, INVALID_REQUEST_BODY, message)
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
-
-
 def _is_number(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -87,26 +75,26 @@ def _required_string(body: Mapping[str, Any], name: str) -> str:
         raise _bad(f"{name}: missing required field")
     value = body[name]
     if not isinstance(value, str):
-        raise _bad(f"{name}: must be a string, got {_kind(value)}")
+        raise _bad(f"{name}: must be a string, got {json_type(value)}")
     return value
 
 
 def _optional_string(body: Mapping[str, Any], name: str) -> str | None:
     value = body.get(name)
     if value is not None and not isinstance(value, str):
-        raise _bad(f"{name}: must be a string or null, got {_kind(value)}")
+        raise _bad(f"{name}: must be a string or null, got {json_type(value)}")
     return value
 
 
 def _aggregation(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise _bad(f"aggregation: must be an object, got {_kind(value)}")
+        raise _bad(f"aggregation: must be an object, got {json_type(value)}")
     kind = value.get("type")
     if kind not in AGGREGATION_TYPES:
         raise _bad(f"aggregation.type: must be one of {', '.join(AGGREGATION_TYPES)}, got {str(kind)[:40]!r}")
     key = value.get("key")
     if key is not None and not isinstance(key, str):
-        raise _bad(f"aggregation.key: must be a string or null, got {_kind(key)}")
+        raise _bad(f"aggregation.key: must be a string or null, got {json_type(key)}")
     if kind != "count" and not key:
         raise _bad(f"aggregation.key: required for a {kind!r} aggregation (the metadata key to read)")
     return {"type": kind, "key": key}
@@ -122,13 +110,13 @@ def _condition(value: Mapping[str, Any], where: str) -> dict[str, Any]:
     if operator not in FILTER_OPERATORS:
         raise _bad(f"{where}.operator: must be one of {', '.join(FILTER_OPERATORS)}, got {str(operator)[:40]!r}")
     if not (isinstance(operand, (str, bool)) or _is_number(operand)):
-        raise _bad(f"{where}.value: must be a string, number or boolean, got {_kind(operand)}")
+        raise _bad(f"{where}.value: must be a string, number or boolean, got {json_type(operand)}")
     return {"key": key, "operator": operator, "value": operand}
 
 
 def _filter(value: Any, where: str, depth: int) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise _bad(f"{where}: must be an object, got {_kind(value)}")
+        raise _bad(f"{where}: must be an object, got {json_type(value)}")
     for name in ("conjunction", "clauses"):
         if name not in value:
             raise _bad(f"{where}.{name}: missing required field")
@@ -153,7 +141,7 @@ def _filter(value: Any, where: str, depth: int) -> dict[str, Any]:
         elif isinstance(clause, dict):
             out.append(_condition(clause, here))
         else:
-            raise _bad(f"{here}: must be an object, got {_kind(clause)}")
+            raise _bad(f"{here}: must be an object, got {json_type(clause)}")
     return {"conjunction": conjunction, "clauses": out}
 
 
@@ -164,7 +152,7 @@ def parse_meter_create(body: Any) -> dict[str, Any]:
     ``aggregation`` (``{"type", "key"}``) and ``filter`` (or None). Unknown fields are ignored.
     """
     if not isinstance(body, dict):
-        raise _bad(f"body: must be a JSON object, got {_kind(body)}")
+        raise _bad(f"body: must be a JSON object, got {json_type(body)}")
     fields = {name: _required_string(body, name) for name in ("name", "event_name", "measurement_unit")}
     if "aggregation" not in body:
         raise _bad("aggregation: missing required field")
@@ -184,7 +172,7 @@ def parse_meter_update(body: Any) -> dict[str, Any]:
     string or null (null removes it; absent: unchanged). Raises RuleViolation (422).
     """
     if not isinstance(body, dict):
-        raise _bad(f"body: must be a JSON object, got {_kind(body)}")
+        raise _bad(f"body: must be a JSON object, got {json_type(body)}")
     changes: dict[str, Any] = {}
     for name in ("name", "measurement_unit"):
         value = _optional_string(body, name)

@@ -209,11 +209,12 @@ def _field_error(index: int, event: dict[str, Any], name: str) -> RuleViolation:
         return _schema(f"events[{index}].{name}: missing required field")
     value = event[name]
     if not isinstance(value, str):
-        return _schema(f"events[{index}].{name}: must be a string, got {_json_type(value)}")
+        return _schema(f"events[{index}].{name}: must be a string, got {json_type(value)}")
     return _invalid(f"events[{index}].{name}: must not be empty")
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """The JSON Schema type name of a parsed JSON value, for error messages."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -241,7 +242,7 @@ def _metadata_error(index: int, metadata: dict[str, Any]) -> RuleViolation | Non
             if math.isinf(value):
                 return _schema(f"{where}: number out of range for a double (malformed JSON)")
         elif kind is not int and kind is not bool:
-            return _schema(f"{where}: value must be a string, number or boolean, got {_json_type(value)}")
+            return _schema(f"{where}: value must be a string, number or boolean, got {json_type(value)}")
         if len(key) > MAX_METADATA_KEY_LENGTH:
             return _invalid(f"{where}...: key longer than {MAX_METADATA_KEY_LENGTH} characters")
     return None
@@ -250,7 +251,7 @@ def _metadata_error(index: int, metadata: dict[str, Any]) -> RuleViolation | Non
 def _timestamp_error(index: int, value: Any, now_us: int, oldest_us: int, newest_us: int) -> RuleViolation:
     where = f"events[{index}].timestamp"
     if not isinstance(value, str):
-        return _schema(f"{where}: must be an RFC 3339 string or null, got {_json_type(value)}")
+        return _schema(f"{where}: must be an RFC 3339 string or null, got {json_type(value)}")
     try:
         ts = parse_timestamp(value)
     except ValueError as exc:
@@ -279,12 +280,12 @@ def validate_ingest(
     bad event fails the whole request.
     """
     if not isinstance(body, dict):
-        raise _schema(f"body: must be a JSON object, got {_json_type(body)}")
+        raise _schema(f"body: must be a JSON object, got {json_type(body)}")
     events = body.get("events")
     if not isinstance(events, list):
         if "events" not in body:
             raise _schema("events: missing required field")
-        raise _schema(f"events: must be an array, got {_json_type(events)}")
+        raise _schema(f"events: must be an array, got {json_type(events)}")
     if not 1 <= len(events) <= MAX_EVENTS_PER_REQUEST:
         raise _schema(f"events: {len(events)} events, between 1 and {MAX_EVENTS_PER_REQUEST} are required")
 
@@ -302,7 +303,7 @@ def validate_ingest(
 
     for index, event in enumerate(events):
         if type(event) is not dict:
-            raise _schema(f"events[{index}]: must be an object, got {_json_type(event)}")
+            raise _schema(f"events[{index}]: must be an object, got {json_type(event)}")
         event_id = event.get("event_id")
         customer_id = event.get("customer_id")
         event_name = event.get("event_name")
@@ -331,7 +332,7 @@ def validate_ingest(
         metadata = event.get("metadata")
         if metadata is not None:
             if type(metadata) is not dict:
-                raise _schema(f"events[{index}].metadata: must be an object or null, got {_json_type(metadata)}")
+                raise _schema(f"events[{index}].metadata: must be an object or null, got {json_type(metadata)}")
             ok = len(metadata) <= max_keys
             if ok:
                 for key, value in metadata.items():
