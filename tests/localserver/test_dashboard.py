@@ -5,7 +5,6 @@ from __future__ import annotations
 import configparser
 import fnmatch
 import re
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,8 @@ from dodo_ingest.localserver import LocalDodoServer
 from dodo_ingest.localserver.dashboard import UsageIndex, build_dashboard
 from dodo_ingest.localserver.rules import NormalizedEvent, format_timestamp
 from dodo_ingest.localserver.store import EventStore
+from tests.localserver.conftest import AUTH
 
-KEY = "sk_test_dashboard_suite"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 REPO = Path(__file__).resolve().parents[2]
 STATIC = REPO / "dodo_ingest" / "localserver" / "static"
 NOW_US = 1_900_000_000 * 1_000_000  # a fixed "now" for the pure function
@@ -165,12 +163,6 @@ def test_the_index_reads_only_new_events_and_follows_clear() -> None:
 
 
 # --- over HTTP --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def server() -> Iterator[LocalDodoServer]:
-    with LocalDodoServer(api_key=KEY) as srv:
-        yield srv
 
 
 def iso(seconds_ago: float) -> str:

@@ -7,7 +7,6 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +19,10 @@ from dodo_ingest.localserver import Fault, LocalDodoServer, main
 from dodo_ingest.localserver.faults import FaultQueue
 from dodo_ingest.localserver.ratelimit import RateLimit, RateLimiter, parse_rate_limits
 from tests.helpers import free_port
+from tests.localserver.conftest import AUTH, KEY
 
-KEY = "sk_test_faults_suite"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 REPO = Path(__file__).resolve().parents[2]
 METER = {"name": "Calls", "event_name": "api_call", "measurement_unit": "calls", "aggregation": {"type": "count"}}
-
-
-@pytest.fixture
-def server() -> Iterator[LocalDodoServer]:
-    with LocalDodoServer(api_key=KEY) as srv:
-        yield srv
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.headers.update(AUTH)
-        yield session
 
 
 def ingest(http: requests.Session, server: LocalDodoServer, i: int = 1) -> requests.Response:

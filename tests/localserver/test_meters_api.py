@@ -23,9 +23,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from dodo_ingest.localserver import LocalDodoServer
+from tests.localserver.conftest import KEY
 
-KEY = "sk_test_meters_suite"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 SPEC_PATH = Path(__file__).resolve().parents[1] / "data" / "dodo-openapi-meters.yml"
 SPEC_URI = "urn:dodo:openapi-meters"
 
@@ -59,22 +58,9 @@ def schemas() -> dict[str, Any]:
 
 
 @pytest.fixture
-def server() -> Iterator[LocalDodoServer]:
-    with LocalDodoServer(api_key=KEY) as srv:
-        yield srv
-
-
-@pytest.fixture
 def client(server: LocalDodoServer) -> Iterator[DodoPayments]:
     with DodoPayments(bearer_token=KEY, base_url=server.url, max_retries=0, timeout=10) as sdk:
         yield sdk
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.headers.update(AUTH)
-        yield session
 
 
 def stamp(seconds_ago: float = 0.0) -> str:

@@ -11,7 +11,7 @@ send integers, so the loaded schema is rewritten ``oneOf`` -> ``anyOf`` (see dod
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,6 @@ from dodo_ingest.localserver import LocalDodoServer
 
 SPEC_PATH = Path(__file__).resolve().parents[1] / "data" / "dodo-openapi-events.yml"
 SPEC_URI = "urn:dodo:openapi-events"
-KEY = "sk_test_conformance"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def any_of(node: Any) -> Any:
@@ -60,19 +58,6 @@ def validator(spec: dict[str, Any], name: str, *, formats: bool = False) -> Any:
 def spec() -> dict[str, Any]:
     rewritten: dict[str, Any] = any_of(load_spec())
     return rewritten
-
-
-@pytest.fixture
-def server() -> Iterator[LocalDodoServer]:
-    with LocalDodoServer(api_key=KEY) as srv:
-        yield srv
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.headers.update(AUTH)
-        yield session
 
 
 def stamp(offset: float = 0.0) -> str:

@@ -21,9 +21,8 @@ import requests
 
 from dodo_ingest.localserver import Fault, LocalDodoServer, main
 from dodo_ingest.localserver.server import RequestRecord
+from tests.localserver.conftest import AUTH, KEY
 
-KEY = "sk_test_localserver_suite"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2030, 5, 17, 12, 0, 0, tzinfo=timezone.utc)  # the fixed clock of the `clocked` server
 
@@ -48,23 +47,10 @@ def ev(i: int, **fields: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def server() -> Iterator[LocalDodoServer]:
-    with LocalDodoServer(api_key=KEY) as srv:
-        yield srv
-
-
-@pytest.fixture
 def clocked() -> Iterator[LocalDodoServer]:
     """A server whose clock stands still at T0, so window edges are exact."""
     with LocalDodoServer(api_key=KEY, clock=T0.timestamp) as srv:
         yield srv
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.headers.update(AUTH)
-        yield session
 
 
 def post(http: requests.Session, server: LocalDodoServer, events: list[dict[str, Any]]) -> requests.Response:
