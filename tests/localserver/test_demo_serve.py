@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,23 +13,14 @@ import pytest
 import requests
 
 from tests.helpers import free_port
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.localserver.conftest import run_cli
 
 
 @contextlib.contextmanager
 def run_demo_serving(port: int, cwd: Path) -> Iterator[tuple[str, int]]:
     """Run the demo with --serve on ``port``; yield (dashboard URL, metered requests) once it serves; stop it."""
     argv = ["demo", "--serve", "--port", str(port), "--requests", "150", "--customers", "3", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dodo_ingest.cli", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=cwd,
-    )
+    proc = run_cli(cwd, *argv, key=None, module="dodo_ingest.cli")
     assert proc.stdout is not None
     url = f"http://127.0.0.1:{port}"
     lines: list[str] = []

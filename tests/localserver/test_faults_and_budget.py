@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +16,8 @@ from dodo_ingest.localserver import Fault, LocalDodoServer, main
 from dodo_ingest.localserver.faults import FaultQueue
 from dodo_ingest.localserver.ratelimit import RateLimit, RateLimiter, parse_rate_limits
 from tests.helpers import free_port
-from tests.localserver.conftest import AUTH, KEY
+from tests.localserver.conftest import AUTH, KEY, run_cli
 
-REPO = Path(__file__).resolve().parents[2]
 METER = {"name": "Calls", "event_name": "api_call", "measurement_unit": "calls", "aggregation": {"type": "count"}}
 
 
@@ -260,15 +256,7 @@ def test_serve_takes_a_budget_and_faults_from_the_command_line(tmp_path: Path) -
     port = free_port()
     fault = json.dumps({"status": 503, "route": "GET /events", "retry_after_ms": "100"})
     argv = ["--port", str(port), "--db", ":memory:", "--rate-limit", "3/minute", "--fault", fault]
-    env = {**os.environ, "DODO_LOCAL_API_KEY": KEY, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dodo_ingest.localserver", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    proc = run_cli(tmp_path, *argv)
     try:
         assert proc.stdout is not None
         url = f"http://127.0.0.1:{port}"
@@ -293,16 +281,7 @@ def test_serve_takes_a_budget_and_faults_from_the_command_line(tmp_path: Path) -
 def test_serve_with_a_failure_rate(tmp_path: Path) -> None:
     port = free_port()
     argv = ["--port", str(port), "--db", ":memory:", "--fault-rate", "1", "--fault-status", "502"]
-    env = {k: v for k, v in os.environ.items() if k != "DODO_LOCAL_API_KEY"}
-    env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dodo_ingest.localserver", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    proc = run_cli(tmp_path, *argv, key=None)
     try:
         assert proc.stdout is not None
         assert "1 fault(s) queued" in proc.stdout.readline()

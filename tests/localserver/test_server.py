@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -21,9 +18,8 @@ import requests
 
 from dodo_ingest.localserver import Fault, LocalDodoServer, main
 from dodo_ingest.localserver.server import RequestRecord
-from tests.localserver.conftest import AUTH, KEY
+from tests.localserver.conftest import AUTH, KEY, run_cli
 
-REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2030, 5, 17, 12, 0, 0, tzinfo=timezone.utc)  # the fixed clock of the `clocked` server
 
 
@@ -747,15 +743,7 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_the_cli_serves_until_sigterm_and_exits_0(tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "DODO_LOCAL_API_KEY": KEY, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dodo_ingest.localserver", "--port", str(port), "--db", str(tmp_path / "cli.db")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    proc = run_cli(tmp_path, "--port", str(port), "--db", str(tmp_path / "cli.db"))
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -775,16 +763,7 @@ def test_the_cli_serves_until_sigterm_and_exits_0(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_cli_without_a_key_says_any_key_is_accepted(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "DODO_LOCAL_API_KEY"}
-    env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dodo_ingest.localserver", "--port", "0", "--db", ":memory:"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    proc = run_cli(tmp_path, "--port", "0", "--db", ":memory:", key=None)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
