@@ -13,7 +13,6 @@ import argparse
 import gc
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,46 +26,11 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import KEY, METADATA, free_port, start_server, wait_http  # noqa: E402
+
 from dodo_ingest import Ingestion  # noqa: E402
 from dodo_ingest.config import Config  # noqa: E402
 from dodo_ingest.transport import Answer  # noqa: E402
-
-KEY = "sk_bench_key"
-METADATA = {
-    "endpoint": "/api/v1/items/<int:item_id>",
-    "method": "GET",
-    "status_code": 200,
-    "response_time_ms": 12.5,
-    "request_bytes": 0,
-    "response_bytes": 512,
-}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server() -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dodo_ingest.localserver", "--port", str(port), "--db", ":memory:", "--api-key", KEY],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            requests.get(url + "/_local/stats", timeout=1)
-            return proc, url
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("local server did not start")
-
 
 SINK = """
 import http.server, sys
@@ -94,15 +58,8 @@ def start_sink() -> tuple[subprocess.Popen[bytes], str]:
         [sys.executable, "-c", SINK, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            requests.post(url + "/events/ingest", data=b"{}", timeout=1)
-            return proc, url
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("sink did not start")
+    wait_http(url + "/events/ingest", 20, method="POST")
+    return proc, url
 
 
 def bench_add(url: str, calls: int) -> tuple[float, float, float]:

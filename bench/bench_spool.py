@@ -30,45 +30,11 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import KEY, METADATA, free_port, percentile, start_server, wait_http  # noqa: E402
+
 from dodo_ingest import Ingestion, spool  # noqa: E402
 from dodo_ingest.events import encode_event, format_timestamp, new_event_id  # noqa: E402
 from tests.spool.load import Load  # noqa: E402
-
-KEY = "sk_bench_key"
-METADATA = {
-    "endpoint": "/api/v1/items/<int:item_id>",
-    "method": "GET",
-    "status_code": 200,
-    "response_time_ms": 12.5,
-    "request_bytes": 0,
-    "response_bytes": 512,
-}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=1).status_code < 500:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"{url} did not answer")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
 
 # --- write ---------------------------------------------------------------------------------------------------
 
@@ -143,17 +109,6 @@ def tmp_fs() -> str:
 
 
 # --- add --------------------------------------------------------------------------------------------------------
-
-
-def start_server(*args: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    command = [sys.executable, "-m", "dodo_ingest.localserver", "--port", str(port), "--db", ":memory:"]
-    proc = subprocess.Popen(
-        [*command, "--api-key", KEY, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/_local/stats")
-    return proc, url
 
 
 def bench_add(url: str, calls: int, spool_dir: str | None) -> tuple[float, float]:
