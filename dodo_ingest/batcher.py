@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dodo_ingest import lifecycle, spool
 from dodo_ingest.config import MAX_EVENTS_PER_REQUEST, Config
@@ -54,6 +54,10 @@ from dodo_ingest.pacing import PacedTransport, RequestPacer
 from dodo_ingest.stats import Counters, RateLimitedLog, Stats
 from dodo_ingest.sync import SyncSender
 from dodo_ingest.transport import IngestClient, Transport
+
+if TYPE_CHECKING:
+    from dodo_ingest.fleet.lease import EmbeddedForwarder
+    from dodo_ingest.fleet.stream import StreamWriter
 
 logger = logging.getLogger("dodo_ingest.batcher")
 
@@ -156,6 +160,36 @@ class _Spool(NamedTuple):
     sender: HostSender
 
 
+class _Buffer(NamedTuple):
+    """The shared Redis buffer (``buffer_url``): this process's stream writer, and with ``forwarder="embedded"``
+    its candidate for the fleet's forwarder."""
+
+    writer: StreamWriter
+    forwarder: EmbeddedForwarder | None
+
+
+def _open_buffer(config: Config, transport_factory: TransportFactory) -> _Buffer:
+    """This process's buffer writer (the ``fleet`` extra is a configuration error when missing)."""
+    assert config.buffer_url is not None
+    try:
+        from dodo_ingest.fleet.lease import EmbeddedForwarder
+        from dodo_ingest.fleet.stream import StreamWriter
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"buffer_url needs the redis package ({exc}); pip install 'dodo-ingest[fleet]', or leave buffer_url unset"
+        ) from None
+    embedded = EmbeddedForwarder(config, transport_factory) if config.forwarder == "embedded" else None
+    return _Buffer(StreamWriter(config.buffer_url, config.buffer_stream), embedded)
+
+
+def _requeued(pending: Pending) -> Queued:
+    """An encoded event as a queued one again, with its id and timestamp (Redis was unreachable)."""
+    event = json.loads(pending.json)
+    return Queued(
+        pending.seq, event["customer_id"], event["event_name"], event["metadata"], pending.created, event["event_id"]
+    )
+
+
 def _open_spool_directory(config: Config) -> None:
     """Check at start-up that the spool directory can be used (a problem is a configuration error)."""
     assert config.spool_dir is not None
@@ -220,8 +254,9 @@ class Batcher:
             directory = spool.SpoolDirectory(config.spool_dir, config.host)
             sender = HostSender(config, directory, self._transport_factory, self.counters, self._log)
             self._spool = _Spool(spool.SegmentWriter(directory, config.spool_max_bytes), sender)
-        elif config.max_requests_per_minute is not None:
+        elif config.max_requests_per_minute is not None and config.buffer_url is None:
             self._pacer = RequestPacer(config.max_requests_per_minute)
+        self._buffer = _open_buffer(config, self._transport_factory) if config.buffer_url is not None else None
 
     def _own(self) -> None:
         """Make sure this process's state is this process's own (uWSGI and raw forks run no at-fork hook)."""
@@ -341,6 +376,8 @@ class Batcher:
                     self._thread = None
         if self._spool is not None:
             self._spool.sender.start()
+        if self._buffer is not None and self._buffer.forwarder is not None:
+            self._buffer.forwarder.start()
 
     # --- the flush thread ---------------------------------------------------------------------------------
 
@@ -382,17 +419,22 @@ class Batcher:
         """The one "should we send now" rule (called under the lock): seconds until a request is due (0 or less:
         now), or None when nothing is queued (or the shutdown deadline has passed).
 
-        With a spool, "send" means "write to disk", within 50 ms of acceptance. With a request budget, a due
-        batch also waits for the pacer (never at shutdown); the batch grows meanwhile."""
+        With a spool, "send" means "write to disk", within 50 ms of acceptance; with a buffer, "write to Redis",
+        as soon, unless Redis just failed (then at its retry time). With a request budget, a due batch also waits
+        for the pacer (never at shutdown); the batch grows meanwhile."""
         queue = self._queue
         if not queue:
             return None
         if self._closed:
             deadline = self._deadline
             return None if deadline is not None and time.monotonic() >= deadline else 0.0
+        if self._buffer is not None and self._spool is None:
+            retry_in = self._buffer.writer.retry_in()
+            if retry_in > 0:
+                return retry_in
         if self._flush_target > self._done_seq or len(queue) >= self.config.max_batch_size:
             due = 0.0
-        elif self._spool is not None:
+        elif self._spool is not None or self._buffer is not None:
             return queue[0].created + spool.COMMIT_INTERVAL - time.time()
         else:
             due = queue[0].created + self.config.flush_interval - time.time()
@@ -464,8 +506,10 @@ class Batcher:
             self._mark_done(items[-1].seq)
 
     def _hand_over(self, chunk: _Chunk, deliverer: Deliverer) -> None:
-        """The one place a taken chunk leaves the queue: to Dodo, or, with a spool, to disk."""
-        if self._spool is None:
+        """The one place a taken chunk leaves the queue: to Dodo, or, with a spool, to disk, or to Redis."""
+        if self._buffer is not None:
+            self._write_to_buffer(chunk, self._buffer, deliverer)
+        elif self._spool is None:
             self._deliver(chunk, deliverer)
         else:
             self._write_to_spool(chunk, self._spool, deliverer)
@@ -502,6 +546,33 @@ class Batcher:
         self._mark_done(chunk.last_seq)
         if written and spooled.sender.is_leader:
             spooled.sender.wake()
+
+    def _write_to_buffer(self, chunk: _Chunk, buffered: _Buffer, deliverer: Deliverer) -> None:
+        """Write a chunk to the Redis stream in one pipeline. If Redis cannot be reached, the events go to the spool
+        (with ``spool_dir``), or back to the head of the queue for the next attempt (bounded by ``max_queue_size``),
+        or, during the exit drain, straight to Dodo: counted as ``buffer_unavailable``, never dropped for it."""
+        from dodo_ingest.fleet.stream import BufferUnavailable
+
+        ready = chunk.ready
+        try:
+            buffered.writer.append([(p.json, p.created) for p in ready])
+        except BufferUnavailable as exc:
+            self.counters.add("buffer_unavailable", len(ready))
+            fallback = "the spool" if self._spool else "Dodo directly" if self._closed else "memory, retrying"
+            self._log.log(
+                logging.WARNING, "buffer", "dodo-ingest cannot write to Redis (%s); events go to %s", exc, fallback
+            )
+            if self._spool is not None:
+                self._write_to_spool(chunk, self._spool, deliverer)
+            elif self._closed:
+                self._deliver(chunk, deliverer)
+            elif ready:
+                self._give_back([_requeued(p) for p in ready])
+            return
+        with self._lock:
+            self.counters.in_flight -= len(ready)
+            self.counters.buffered += len(ready)
+        self._mark_done(chunk.last_seq)
 
     def _deliver(self, chunk: _Chunk, deliverer: Deliverer) -> None:
         """Deliver a taken chunk, then account for every event in it (sent or dropped)."""
@@ -652,6 +723,10 @@ class Batcher:
         self._sync.close()
         if self._spool is not None:
             self._finish_spool(self._spool, thread)
+        if self._buffer is not None:
+            if self._buffer.forwarder is not None:
+                self._buffer.forwarder.shutdown(max(0.0, deadline - time.monotonic()))
+            self._buffer.writer.close()
         with self._lock:
             lost = self.counters.dropped.get("shutdown", 0) - self._shutdown_drops_before
         return not lost and not in_flight

@@ -59,6 +59,10 @@ class Stats:
     last_error_at: float | None = None
     #: Accepted events written to the durable spool (``spool_dir``); the host's sender delivers them from there.
     spooled: int = 0
+    #: Accepted events written to the shared Redis buffer (``buffer_url``); a forwarder delivers them from there.
+    buffered: int = 0
+    #: Events whose write to the Redis buffer failed (per attempt): kept in memory (or spooled) and tried again.
+    buffer_unavailable: int = 0
 
     @property
     def dropped_total(self) -> int:
@@ -81,6 +85,8 @@ class Stats:
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "spooled": self.spooled,
+            "buffered": self.buffered,
+            "buffer_unavailable": self.buffer_unavailable,
         }
 
 
@@ -101,6 +107,8 @@ class Counters:
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.spooled = 0
+        self.buffered = 0
+        self.buffer_unavailable = 0
 
     def add(self, name: str, n: int = 1) -> None:
         """Increment a scalar counter (``sent``, ``retried``, ``requests``, ``repaired``, ``hook_errors``...)."""
@@ -138,6 +146,8 @@ class Counters:
             self.last_error,
             self.last_error_at,
             self.spooled,
+            self.buffered,
+            self.buffer_unavailable,
         )
 
 
