@@ -130,6 +130,7 @@ class Forwarder:
         self._published = 0.0
         self._progress = (time.monotonic(), 0)
         self._state = "starting"
+        self.claimed = 0  # entries taken over from forwarders gone quiet
         self.started = time.time()
 
     def __repr__(self) -> str:
@@ -153,7 +154,7 @@ class Forwarder:
         transport = self._factory(self.config)
         logger.info("dodo-ingest forwarder %s: %s -> %s", self.name, redact_url(self.url), self.config.host)
         try:
-            while not (self._stopping.is_set() and not self._carry):
+            while not self._stopping.is_set() or (self._carry and time.monotonic() < self._stop_deadline):
                 try:
                     self._round(transport)
                     self._state = "forwarding"
@@ -163,6 +164,8 @@ class Forwarder:
                     break
                 except _KeyRejected as exc:
                     self._state = "key rejected"
+                    if self._stopping.is_set():
+                        break
                     self.log.log(
                         logging.ERROR,
                         "auth",
@@ -248,6 +251,7 @@ class Forwarder:
             self._next_claim = now + self.lease / 2
         entries = self._parse(claimed)
         if entries:
+            self.claimed += len(entries)
             logger.info(
                 "dodo-ingest forwarder %s claimed %d entries of a forwarder gone quiet", self.name, len(entries)
             )
@@ -381,6 +385,7 @@ class Forwarder:
             "retried": stats.retried,
             "dropped": json.dumps(stats.dropped),
             "in_hand": len(self._carry),
+            "claimed": self.claimed,
             "last_error": stats.last_error or "",
         }
         try:

@@ -76,7 +76,7 @@ class EmbeddedForwarder:
     def _run(self) -> None:
         client = connect(self.url, timeout=5.0, connect_timeout=2.0)
         lease = client.lock(Keys(self.config.buffer_stream).lease, timeout=LEASE, blocking=False, thread_local=False)
-        name = f"{socket.gethostname()}-{os.getpid()}-embedded"
+        name = f"{socket.gethostname()}-{os.getpid()}-embedded-{os.urandom(2).hex()}"
         try:
             while not self._stop.is_set():
                 try:
