@@ -2,8 +2,9 @@
 
 Dodo's budget is per API key (about 100 requests per minute), shared by every host, so it is kept in Redis, by
 the ``limits`` library (the same storage the rate-limit feature uses): a **moving window** of
-``max_requests_per_minute`` requests per 60 s, and one of :data:`~dodo_ingest.pacing.BURST` per second so that a
-quiet spell is not followed by a burst Dodo would refuse. Both are Lua-atomic in Redis, so forwarders never
+``max_requests_per_minute`` requests per 60 s; a sixth of that per 10 s, so that the minute's budget is spread
+over it instead of being spent in its first seconds (a backlog then waits at most about 10 s, not a minute); and
+:data:`~dodo_ingest.pacing.BURST` per second, the burst Dodo allows. Both are Lua-atomic in Redis, so forwarders never
 over-spend together. When no slot is free, the window says when its oldest request leaves it: the forwarder
 waits that long (never polling faster than :data:`MIN_WAIT`), while events pile up in the stream and the next
 request grows toward 1000 events.
@@ -41,6 +42,7 @@ class FleetBudget:
         self.per_minute = max(1, int(per_minute))
         self._items = (
             RateLimitItemPerSecond(max(1, int(BURST)), 1, namespace="dodo-fleet"),
+            RateLimitItemPerSecond(max(1, self.per_minute // 6), 10, namespace="dodo-fleet"),
             RateLimitItemPerMinute(self.per_minute, 1, namespace="dodo-fleet"),
         )
         storage = storage_from_string(
@@ -55,11 +57,18 @@ class FleetBudget:
         """Take a slot for one request: 0.0 if taken, else the seconds to wait before trying again.
 
         Raises :class:`~dodo_ingest.fleet.stream.BufferUnavailable` when Redis cannot be reached."""
+        limiter, prefix = self._limiter, self.prefix
         try:
-            for item in self._items:
-                if not self._limiter.hit(item, self.prefix):
-                    reset_at = self._limiter.get_window_stats(item, self.prefix).reset_time
-                    return max(MIN_WAIT, reset_at - time.time())
+            waits = [
+                limiter.get_window_stats(item, prefix).reset_time - time.time()
+                for item in self._items
+                if not limiter.test(item, prefix)
+            ]
+            if waits:  # the longest wait of the windows that are full
+                return max(MIN_WAIT, *waits)
+            for item in self._items:  # a slot in every window; another forwarder may take one first
+                if not limiter.hit(item, prefix):
+                    return MIN_WAIT
         except StorageError as exc:
             raise BufferUnavailable(describe_error(exc.storage_error, self.url)) from None
         return 0.0
@@ -76,7 +85,7 @@ class FleetBudget:
     def used(self) -> int:
         """Requests in the current moving minute (for ``--status``)."""
         try:
-            stats = self._limiter.get_window_stats(self._items[1], self.prefix)
+            stats = self._limiter.get_window_stats(self._items[-1], self.prefix)
         except StorageError as exc:
             raise BufferUnavailable(describe_error(exc.storage_error, self.url)) from None
         return self.per_minute - stats.remaining

@@ -4,7 +4,9 @@ One loop, top to bottom (:meth:`Forwarder.run`):
 
 1. **Gather** up to 1000 entries: first those a dead forwarder left (``XAUTOCLAIM`` of entries idle longer than
    the lease, every half lease), else new ones (``XREADGROUP`` through the consumer group, blocking up to a
-   second). Entries that do not fit under ``max_request_bytes`` wait for the next request.
+   second); then more, until there are 1000 or the oldest has waited ``flush_interval`` (as in a batcher: at low
+   load a few requests a minute, not one per event). Entries that do not fit under ``max_request_bytes`` wait for
+   the next request.
 2. **Take a slot** of the fleet-wide budget (:class:`~dodo_ingest.fleet.budget.FleetBudget`); while it waits,
    the stream fills, and the request is topped up to 1000 events (a non-blocking ``XREADGROUP``) once it has one.
 3. **Send** one request with :class:`~dodo_ingest.delivery.Deliverer` (the SDK's delivery policy: retries with
@@ -65,6 +67,8 @@ STATUS_TTL = 30
 PROGRESS_INTERVAL = 10.0
 #: Seconds a read blocks waiting for new entries.
 BLOCK = 1.0
+#: Seconds between two reads while a request waits to fill up.
+LINGER_STEP = 0.1
 #: Seconds between two attempts when Redis cannot be reached.
 RETRY_INTERVAL = 1.0
 _EMPTY_BODY = len('{"events":[]}')
@@ -209,6 +213,8 @@ class Forwarder:
             entries += self._claim(MAX_EVENTS_PER_REQUEST - len(entries))
             if not entries:
                 entries = self._read(MAX_EVENTS_PER_REQUEST, block=True)
+            if entries:
+                entries = self._linger(entries)
         batch = self._fit(entries)
         if not batch:
             return
@@ -255,6 +261,17 @@ class Forwarder:
             logger.info(
                 "dodo-ingest forwarder %s claimed %d entries of a forwarder gone quiet", self.name, len(entries)
             )
+        return entries
+
+    def _linger(self, entries: list[Entry]) -> list[Entry]:
+        """Read more until there are 1000 or the oldest has waited ``flush_interval`` (reads 10 times a second)."""
+        due = min(e.pending.created for e in entries) + self.config.flush_interval
+        while len(entries) < MAX_EVENTS_PER_REQUEST and not self._stopping.is_set():
+            left = due - time.time()
+            if left <= 0:
+                break
+            self._stopping.wait(min(left, LINGER_STEP))
+            entries = entries + self._read(MAX_EVENTS_PER_REQUEST - len(entries), block=False)
         return entries
 
     def _read(self, count: int, *, block: bool) -> list[Entry]:

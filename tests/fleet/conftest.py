@@ -63,7 +63,8 @@ def start_forwarder(dodo_server: LocalDodoServer) -> Iterator[Callable[..., Runn
     started: list[Running] = []
 
     def start(url: str, *, settings: dict[str, Any] | None = None, **options: Any) -> Running:
-        config = Config.load({"api_key": TEST_KEY, "base_url": dodo_server.url, **(settings or {})})
+        settings = {"api_key": TEST_KEY, "base_url": dodo_server.url, "flush_interval": 0.2, **(settings or {})}
+        config = Config.load(settings)
         running = Running(Forwarder(config, url, **options))
         started.append(running)
         return running

@@ -123,16 +123,16 @@ def test_entries_a_dead_forwarder_left_pending_are_claimed_after_the_lease(
 
 
 def test_forwarders_share_one_budget(redis_url: str) -> None:
-    budgets = [FleetBudget(redis_url, "dodo-ingest", 12), FleetBudget(redis_url, "dodo-ingest", 12)]
+    budgets = [FleetBudget(redis_url, "dodo-ingest", 120), FleetBudget(redis_url, "dodo-ingest", 120)]
     taken = sum(b.take() == 0 for _ in range(4) for b in budgets)
     assert taken == 5, "at most 5 requests in one second, fleet-wide"
     wait = budgets[0].take()
     assert 0 < wait <= 1.0, "the window says when the next slot frees"
     stop = threading.Event()
-    for n in range(7):
+    for n in range(15):
         assert budgets[n % 2].wait_for_slot(stop)
-    assert budgets[0].used() == 12
-    assert budgets[1].take() > 30, "12 in the minute: the next slot is the oldest one's, a minute later"
+    assert budgets[0].used() == 20
+    assert budgets[1].take() > 5, "20 in 10 s (a sixth of the minute's 120): the next slot is 10 s after the first"
 
 
 def test_status_shows_the_stream_and_each_forwarder(
