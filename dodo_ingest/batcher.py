@@ -161,11 +161,13 @@ class _Spool(NamedTuple):
 
 
 class _Buffer(NamedTuple):
-    """The shared Redis buffer (``buffer_url``): this process's stream writer, and with ``forwarder="embedded"``
-    its candidate for the fleet's forwarder."""
+    """The shared Redis buffer (``buffer_url``): this process's stream writer, with ``forwarder="embedded"`` its
+    candidate for the fleet's forwarder, and the chunk that Redis could not take (written first when it is back;
+    meanwhile the queue fills, bounded by ``max_queue_size``)."""
 
     writer: StreamWriter
     forwarder: EmbeddedForwarder | None
+    held: list[_Chunk]
 
 
 def _open_buffer(config: Config, transport_factory: TransportFactory) -> _Buffer:
@@ -179,15 +181,7 @@ def _open_buffer(config: Config, transport_factory: TransportFactory) -> _Buffer
             f"buffer_url needs the redis package ({exc}); pip install 'dodo-ingest[fleet]', or leave buffer_url unset"
         ) from None
     embedded = EmbeddedForwarder(config, transport_factory) if config.forwarder == "embedded" else None
-    return _Buffer(StreamWriter(config.buffer_url, config.buffer_stream), embedded)
-
-
-def _requeued(pending: Pending) -> Queued:
-    """An encoded event as a queued one again, with its id and timestamp (Redis was unreachable)."""
-    event = json.loads(pending.json)
-    return Queued(
-        pending.seq, event["customer_id"], event["event_name"], event["metadata"], pending.created, event["event_id"]
-    )
+    return _Buffer(StreamWriter(config.buffer_url, config.buffer_stream), embedded, [])
 
 
 def _open_spool_directory(config: Config) -> None:
@@ -423,15 +417,15 @@ class Batcher:
         as soon, unless Redis just failed (then at its retry time). With a request budget, a due batch also waits
         for the pacer (never at shutdown); the batch grows meanwhile."""
         queue = self._queue
-        if not queue:
+        held = self._buffer is not None and self._buffer.held
+        if not queue and not held:
             return None
         if self._closed:
             deadline = self._deadline
             return None if deadline is not None and time.monotonic() >= deadline else 0.0
-        if self._buffer is not None and self._spool is None:
-            retry_in = self._buffer.writer.retry_in()
-            if retry_in > 0:
-                return retry_in
+        if held:
+            assert self._buffer is not None
+            return self._buffer.writer.retry_in()
         if self._flush_target > self._done_seq or len(queue) >= self.config.max_batch_size:
             due = 0.0
         elif self._spool is not None or self._buffer is not None:
@@ -450,6 +444,8 @@ class Batcher:
         """
         config = self.config
         with self._lock:
+            if self._buffer is not None and self._buffer.held:
+                return self._buffer.held.pop()
             count = min(len(self._queue), MAX_EVENTS_PER_REQUEST)
             items = [self._queue.popleft() for _ in range(count)]
             self.counters.in_flight += count
@@ -548,13 +544,16 @@ class Batcher:
             spooled.sender.wake()
 
     def _write_to_buffer(self, chunk: _Chunk, buffered: _Buffer, deliverer: Deliverer) -> None:
-        """Write a chunk to the Redis stream in one pipeline. If Redis cannot be reached, the events go to the spool
-        (with ``spool_dir``), or back to the head of the queue for the next attempt (bounded by ``max_queue_size``),
-        or, during the exit drain, straight to Dodo: counted as ``buffer_unavailable``, never dropped for it."""
+        """Write a chunk to the Redis stream in one pipeline. If Redis cannot be reached, the chunk goes to the spool
+        (with ``spool_dir``; until Redis is due to be tried again, without trying it), or waits to be written first
+        at the next attempt (:data:`~dodo_ingest.fleet.stream.RETRY_INTERVAL` later), or, during the exit drain,
+        straight to Dodo: counted as ``buffer_unavailable``, never dropped for it."""
         from dodo_ingest.fleet.stream import BufferUnavailable
 
         ready = chunk.ready
         try:
+            if self._spool is not None and buffered.writer.retry_in() > 0:
+                raise BufferUnavailable("it failed less than a second ago")
             buffered.writer.append([(p.json, p.created) for p in ready])
         except BufferUnavailable as exc:
             self.counters.add("buffer_unavailable", len(ready))
@@ -566,8 +565,9 @@ class Batcher:
                 self._write_to_spool(chunk, self._spool, deliverer)
             elif self._closed:
                 self._deliver(chunk, deliverer)
-            elif ready:
-                self._give_back([_requeued(p) for p in ready])
+            else:
+                with self._lock:
+                    buffered.held.append(chunk)
             return
         with self._lock:
             self.counters.in_flight -= len(ready)
@@ -724,6 +724,19 @@ class Batcher:
         if self._spool is not None:
             self._finish_spool(self._spool, thread)
         if self._buffer is not None:
+            with self._lock:
+                held, self._buffer.held[:] = list(self._buffer.held), []
+                self.counters.in_flight -= sum(len(c.ready) for c in held)
+            for chunk in held:  # Redis was down, and the exit drain could not deliver them either
+                record_drop(
+                    self.counters,
+                    self.config,
+                    self._log,
+                    [json.loads(p.json) for p in chunk.ready],
+                    "shutdown",
+                    "Redis and Dodo could not be reached before the shutdown deadline",
+                )
+                self._mark_done(chunk.last_seq)
             if self._buffer.forwarder is not None:
                 self._buffer.forwarder.shutdown(max(0.0, deadline - time.monotonic()))
             self._buffer.writer.close()

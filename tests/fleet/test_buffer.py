@@ -51,18 +51,31 @@ def test_redis_down_keeps_events_in_memory_with_their_ids_then_moves_them(
     batch = make_batch(buffer_url=own_redis.url, max_queue_size=300)
     assert batch.add("cus_1", {"n": -1}) and batch.flush(timeout=10)  # connected once
     own_redis.stop()
-    for n in range(400):
-        batch.add("cus_1", {"n": n})
+    kept = [n for n in range(1000) if batch.add("cus_1", {"n": n})]
     assert not batch.flush(timeout=1.5), "Redis is down: nothing can be buffered"
     stats = batch.stats()
-    assert stats.buffer_unavailable >= 300 and stats.buffered == 1
-    assert stats.queued == 300 and stats.dropped == {"queue_full": 100}, "bounded by max_queue_size, counted"
+    assert stats.buffer_unavailable >= 1 and stats.buffered == 1
+    assert stats.queued + stats.in_flight == len(kept) and 300 <= len(kept) <= 600, "bounded by max_queue_size"
+    assert stats.dropped == {"queue_full": 1000 - len(kept)}, "beyond it, counted"
     own_redis.start()
     assert batch.flush(timeout=15)
     events = stream_events(own_redis.url)
-    assert sorted(e["metadata"]["n"] for e in events) == list(range(300)), "Redis lost the first (no persistence)"
-    assert len({e["event_id"] for e in events}) == 300
-    assert batch.stats().buffered == 301 and dodo_server.event_count() == 0
+    assert sorted(e["metadata"]["n"] for e in events) == kept, "Redis lost the first (no persistence)"
+    assert len({e["event_id"] for e in events}) == len(kept)
+    assert batch.stats().buffered == len(kept) + 1 and dodo_server.event_count() == 0
+
+
+def test_redis_down_at_the_deadline_drops_as_shutdown_and_counts(
+    make_batch: Callable[..., Batcher], dodo_server: LocalDodoServer, own_redis: RedisServer
+) -> None:
+    own_redis.stop()
+    dodo_server.stop()
+    batch = make_batch(buffer_url=own_redis.url, shutdown_timeout=1.0, request_timeout=0.2)
+    for n in range(20):
+        batch.add("cus_1", {"n": n})
+    assert not batch.shutdown(timeout=1.0)
+    stats = batch.stats()
+    assert stats.dropped == {"shutdown": 20} and stats.in_flight == 0 and stats.queued == 0
 
 
 def test_redis_down_with_a_spool_sends_through_the_spool(
