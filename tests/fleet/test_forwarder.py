@@ -40,7 +40,10 @@ def backlog(url: str) -> tuple[int, int]:
     """(entries in the stream, entries pending in the group)."""
     client = redis.Redis.from_url(url)
     try:
-        pending = client.xpending(STREAM, GROUP)["pending"] if client.exists(STREAM) else 0
+        try:
+            pending = client.xpending(STREAM, GROUP)["pending"]
+        except redis.ResponseError:  # no group yet
+            pending = 0
         return int(client.xlen(STREAM)), int(pending)
     finally:
         client.close()
