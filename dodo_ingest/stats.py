@@ -1,7 +1,8 @@
 """Exact counters of what became of every event, and a rate-limited logger for the flush thread.
 
 Every accepted event ends up in exactly one of: ``sent``, ``dropped[reason]``, or still ``queued`` /
-``in_flight`` (with a spool: ``spooled``, and from there the host's sender counts what it sends and drops).
+``in_flight`` (with a spool: ``spooled``, and from there the host's sender counts what it sends and drops; with a
+Redis buffer: ``buffered``, and from there the forwarders count).
 Requests that a middleware decided not to meter are counted under ``skipped[reason]``.
 """
 

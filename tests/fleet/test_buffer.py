@@ -124,8 +124,8 @@ def test_the_redis_password_never_shows(own_redis: RedisServer) -> None:
 def test_embedded_forwarder_elects_one_process_and_delivers(
     make_batch: Callable[..., Batcher], dodo_server: LocalDodoServer, redis_url: str
 ) -> None:
-    first = make_batch(buffer_url=redis_url, forwarder="embedded")
-    second = make_batch(buffer_url=redis_url, forwarder="embedded")
+    first = make_batch(buffer_url=redis_url, forwarder="embedded", flush_interval=0.2)
+    second = make_batch(buffer_url=redis_url, forwarder="embedded", flush_interval=0.2)
     for n in range(100):
         (first if n % 2 else second).add("cus_1", {"n": n})
     assert first.flush(timeout=10) and second.flush(timeout=10)
