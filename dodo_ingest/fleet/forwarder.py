@@ -179,13 +179,19 @@ class Forwarder:
                         self.config.host,
                         KEY_REJECTED_PAUSE,
                     )
-                    self._publish(force=True)
+                    self._publish()
                     self._stopping.wait(KEY_REJECTED_PAUSE)
                 except (BufferUnavailable, RedisError, OSError) as exc:
                     self._state = "redis unavailable"
                     self._group_ready = False
                     message = str(exc) if isinstance(exc, BufferUnavailable) else describe_error(exc, self.url)
                     self.log.log(logging.WARNING, "redis", "dodo-ingest forwarder: Redis unavailable (%s)", message)
+                    self._stopping.wait(RETRY_INTERVAL)
+                except Exception:  # a bug: say so, keep what is in hand, go on (the process must not die of it)
+                    self._state = "error"
+                    self.log.log(
+                        logging.ERROR, "bug", "dodo-ingest forwarder %s failed a round", self.name, exc_info=True
+                    )
                     self._stopping.wait(RETRY_INTERVAL)
                 self._publish()
         finally:
