@@ -544,7 +544,7 @@ class Batcher:
             spooled.sender.wake()
 
     def _write_to_buffer(self, chunk: _Chunk, buffered: _Buffer, deliverer: Deliverer) -> None:
-        """Write a chunk to the Redis stream in one pipeline. If Redis cannot be reached, the chunk goes to the spool
+        """Write a chunk to the Redis stream in one round trip. If Redis cannot be reached, the chunk goes to the spool
         (with ``spool_dir``; until Redis is due to be tried again, without trying it), or waits to be written first
         at the next attempt (:data:`~dodo_ingest.fleet.stream.RETRY_INTERVAL` later), or, during the exit drain,
         straight to Dodo: counted as ``buffer_unavailable``, never dropped for it."""
