@@ -271,7 +271,8 @@ class Forwarder:
 
     def _linger(self, entries: list[Entry]) -> list[Entry]:
         """Read more until there are 1000 or the oldest has waited ``flush_interval`` (reads 10 times a second)."""
-        due = min(e.pending.created for e in entries) + self.config.flush_interval
+        # the events' clocks are their hosts': never linger longer than flush_interval from now
+        due = min(min(e.pending.created for e in entries), time.time()) + self.config.flush_interval
         while len(entries) < MAX_EVENTS_PER_REQUEST and not self._stopping.is_set():
             left = due - time.time()
             if left <= 0:
