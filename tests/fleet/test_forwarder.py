@@ -24,10 +24,10 @@ from tests.helpers import wait_until
 STREAM = "dodo-ingest:events"
 
 
-def write_events(url: str, count: int, prefix: str = "evt") -> list[str]:
-    """``count`` events in the stream as the flush thread writes them; their ids."""
+def write_events(url: str, count: int, prefix: str = "evt", ahead: float = 0.0) -> list[str]:
+    """``count`` events in the stream as the flush thread writes them (on a host whose clock is ``ahead``)."""
     writer = StreamWriter(url, "dodo-ingest")
-    now = time.time()
+    now = time.time() + ahead
     ids = [f"{prefix}_{n:06d}" for n in range(count)]
     for start in range(0, count, 1000):
         part = ids[start : start + 1000]
@@ -95,6 +95,15 @@ def test_429s_5xx_and_a_lost_answer_reuse_the_ids_and_lose_nothing(
     assert sorted(e["event_id"] for e in dodo_server.events()) == ids, "stored once"
     stats = running.forwarder.counters.snapshot(0)
     assert (stats.sent, stats.retried, stats.dropped) == (800, 3, {})
+
+
+def test_a_host_clock_ahead_does_not_hold_the_request_back(
+    dodo_server: LocalDodoServer, redis_url: str, start_forwarder: Callable[..., Running]
+) -> None:
+    ids = write_events(redis_url, 10, ahead=200.0)  # within Dodo's 5 minutes of skew
+    start_forwarder(redis_url)
+    assert dodo_server.wait_for_events(10, timeout=10), "sent within flush_interval, not 200 s later"
+    assert sorted(e["event_id"] for e in dodo_server.events()) == ids
 
 
 def test_a_rejected_key_keeps_the_entries(
