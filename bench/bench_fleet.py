@@ -1,5 +1,6 @@
 """Shared-buffer benchmarks (``buffer_url``): the forwarder's throughput, add() with a buffer, end-to-end delay.
 
+    python bench/bench_fleet.py write     # flush-thread CPU per event: the writer's script vs a pipeline of XADDs
     python bench/bench_fleet.py forward   # a forwarder's sustained events/s into the local server, full requests
     python bench/bench_fleet.py add       # add() on the request thread: no buffer vs buffer_url
     python bench/bench_fleet.py delay     # request to Dodo under the budget: batcher -> Redis -> 2 forwarders
@@ -52,6 +53,37 @@ def start_forwarder(redis_url: str, url: str, name: str, **settings: str) -> sub
 def stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     process.wait(timeout=30)
+
+
+# --- write -------------------------------------------------------------------------------------------------
+
+
+def bench_write(chunks: int) -> None:
+    """CPU seconds per event to add 1000-event chunks: StreamWriter (one script) vs a redis-py pipeline."""
+    import redis
+
+    events = sample_events(1000)
+    with RedisServer() as redis_server:
+        writer = StreamWriter(redis_server.url, "bench")
+        writer.append(events)
+        started = time.process_time()
+        for _ in range(chunks):
+            writer.append(events)
+        script = (time.process_time() - started) / (chunks * 1000)
+        writer.close()
+        client = redis.Redis.from_url(redis_server.url)
+        started = time.process_time()
+        for _ in range(chunks):
+            pipe = client.pipeline(transaction=False)
+            for encoded, created in events:
+                pipe.xadd("bench:pipeline", {"e": encoded, "t": repr(created)})
+            pipe.execute()
+        pipeline = (time.process_time() - started) / (chunks * 1000)
+        client.close()
+    print(
+        f"| flush-thread CPU per event, {chunks} chunks of 1000 | script {script * 1e6:.1f} µs "
+        f"| pipeline of XADDs {pipeline * 1e6:.1f} µs |"
+    )
 
 
 # --- forward -------------------------------------------------------------------------------------------------
@@ -187,7 +219,8 @@ def bench_delay(rate: float, seconds: float) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["forward", "add", "delay", "all"])
+    parser.add_argument("what", choices=["write", "forward", "add", "delay", "all"])
+    parser.add_argument("--chunks", type=int, default=50, help="write: 1000-event chunks")
     parser.add_argument("--events", type=int, default=200_000, help="forward: backlog size")
     parser.add_argument("--forwarders", type=int, default=1, help="forward: forwarders")
     parser.add_argument("--calls", type=int, default=200_000, help="add: calls per round")
@@ -196,6 +229,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="delay: duration")
     args = parser.parse_args()
     print("| measure | result | notes |\n|---|---|---|")
+    if args.what in ("write", "all"):
+        bench_write(args.chunks)
     if args.what in ("forward", "all"):
         bench_forward(args.events, args.forwarders)
     if args.what in ("add", "all"):
