@@ -12,10 +12,10 @@ Keys, under the ``buffer_stream`` prefix (default ``dodo-ingest``):
 The flush thread writes one chunk (up to 1000 events) in one round trip: a script of four lines that runs ``XADD``
 for each event (:data:`APPEND_SCRIPT`). Why a script and not a pipeline of ``XADD`` commands: the chunk is added
 atomically (all of it or none, so a failed attempt leaves no partial chunk to duplicate), and it costs the flush
-thread about 5 µs of CPU per event instead of 21 µs for redis-py's pipeline (``bench/bench_fleet.py write``, 1000-event
-chunks), CPU that would otherwise contend with the request threads for the GIL. Its client has short socket
-timeouts, so an unreachable Redis costs the flush thread at most about a second per attempt, and never a request
-thread anything.
+thread about 5 µs of CPU per event instead of 21 µs for redis-py's pipeline (``bench/bench_fleet.py write``,
+1000-event chunks), CPU that would otherwise contend with the request threads for the GIL. Its client has short
+socket timeouts, so an unreachable Redis costs the flush thread at most about a second per attempt, and never a
+request thread anything.
 """
 
 from __future__ import annotations
