@@ -631,7 +631,8 @@ class Batcher:
 
         Returns True when every event added before the call has been sent or dropped (see :meth:`stats`). With a
         spool: when they are on disk and, if this process is the host's sender, the whole spool has been sent
-        (in another worker, the host's sender sends them within ``flush_interval``).
+        (in another worker, the host's sender sends them within ``flush_interval``). With a buffer (``buffer_url``):
+        when they are in Redis; the forwarders send them.
         """
         deadline = time.monotonic() + timeout
         done = self._flush_queue(timeout)

@@ -65,6 +65,7 @@ def test_two_hosts_two_forwarders_a_kill_and_a_redis_restart_bill_once_within_th
             at_restart = answered()
             assert wait_until(lambda: answered() >= at_restart + RATE * 3, timeout=60)
             billed = {rid for load in loads for rid in load.stop()}
+            failed = sum(load.failed for load in loads)
             loads = []
             assert wait_until(lambda: server.event_count() >= len(billed), timeout=120), (
                 f"{server.event_count()} of {len(billed)} billed; " + fwd_logs[1].read_text(errors="replace")[-2000:]
@@ -83,8 +84,9 @@ def test_two_hosts_two_forwarders_a_kill_and_a_redis_restart_bill_once_within_th
             f"\n{len(billed)} answered in {elapsed:.0f} s, {len(stored)} billed; Dodo answered {responses}; "
             f"{len(server.requests)} requests, events per request {[r.event_count for r in server.requests][:20]}..."
         )
+        assert failed == 0
         assert billed <= set(stored), f"{len(billed - set(stored))} answered requests were not billed"
-        assert len(stored) == len(set(stored)), "one event per request"
+        assert set(stored) == billed and len(stored) == len(set(stored)), "exactly one event per served request"
         assert "claimed" in fwd_logs[1].read_text(), "fwd-b took over what fwd-a held"
         assert responses.get("429", 0) == 0, "the fleet stayed within Dodo's budget"
         total = sum(responses.values())
