@@ -163,3 +163,15 @@ def test_status_shows_the_stream_and_each_forwarder(
     assert printed["stream"] == STREAM and printed["length"] == 0 and printed["pending"] == 0
     [forwarder] = printed["forwarders"]
     assert forwarder["name"] == "fwd-a" and forwarder["state"] == "stopped" and forwarder["requests"] == "1"
+
+
+def test_forward_without_a_key_or_a_buffer_says_what_to_set(
+    redis_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DODO_INGEST_BUFFER_URL", raising=False)
+    assert main(["forward", "--buffer", redis_url]) == 2
+    assert "DODO_PAYMENTS_API_KEY" in capsys.readouterr().err
+    monkeypatch.setenv("DODO_PAYMENTS_API_KEY", "sk_test_x")
+    with pytest.raises(SystemExit) as exited:
+        main(["forward"])
+    assert exited.value.code == 2 and "DODO_INGEST_BUFFER_URL" in capsys.readouterr().err
