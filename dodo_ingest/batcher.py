@@ -34,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, ClassVar, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
 
 from dodo_ingest import lifecycle, spool
 from dodo_ingest.config import MAX_EVENTS_PER_REQUEST, Config
@@ -56,6 +56,10 @@ from dodo_ingest.rollup import Facts, Rollup, Rollups
 from dodo_ingest.stats import Counters, RateLimitedLog, Stats
 from dodo_ingest.sync import SyncSender
 from dodo_ingest.transport import IngestClient, Transport
+
+if TYPE_CHECKING:
+    from dodo_ingest.fleet.lease import EmbeddedForwarder
+    from dodo_ingest.fleet.stream import StreamWriter
 
 logger = logging.getLogger("dodo_ingest.batcher")
 
@@ -162,6 +166,30 @@ class _Spool(NamedTuple):
     sender: HostSender
 
 
+class _Buffer(NamedTuple):
+    """The shared Redis buffer (``buffer_url``): this process's stream writer, with ``forwarder="embedded"`` its
+    candidate for the fleet's forwarder, and the chunk that Redis could not take (written first when it is back;
+    meanwhile the queue fills, bounded by ``max_queue_size``)."""
+
+    writer: StreamWriter
+    forwarder: EmbeddedForwarder | None
+    held: list[_Chunk]
+
+
+def _open_buffer(config: Config, transport_factory: TransportFactory) -> _Buffer:
+    """This process's buffer writer (the ``fleet`` extra is a configuration error when missing)."""
+    assert config.buffer_url is not None
+    try:
+        from dodo_ingest.fleet.lease import EmbeddedForwarder
+        from dodo_ingest.fleet.stream import StreamWriter
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"buffer_url needs the redis package ({exc}); pip install 'dodo-ingest[fleet]', or leave buffer_url unset"
+        ) from None
+    embedded = EmbeddedForwarder(config, transport_factory) if config.forwarder == "embedded" else None
+    return _Buffer(StreamWriter(config.buffer_url, config.buffer_stream), embedded, [])
+
+
 def _open_spool_directory(config: Config) -> None:
     """Check at start-up that the spool directory can be used (a problem is a configuration error)."""
     assert config.spool_dir is not None
@@ -226,8 +254,9 @@ class Batcher:
             directory = spool.SpoolDirectory(config.spool_dir, config.host)
             sender = HostSender(config, directory, self._transport_factory, self.counters, self._log)
             self._spool = _Spool(spool.SegmentWriter(directory, config.spool_max_bytes), sender)
-        elif config.max_requests_per_minute is not None:
+        elif config.max_requests_per_minute is not None and config.buffer_url is None:
             self._pacer = RequestPacer(config.max_requests_per_minute)
+        self._buffer = _open_buffer(config, self._transport_factory) if config.buffer_url is not None else None
         self._rollups = Rollups(config.rollup_interval) if config.rollup_interval is not None else None
 
     def _own(self) -> None:
@@ -382,6 +411,8 @@ class Batcher:
                     self._thread = None
         if self._spool is not None:
             self._spool.sender.start()
+        if self._buffer is not None and self._buffer.forwarder is not None:
+            self._buffer.forwarder.start()
 
     # --- the flush thread ---------------------------------------------------------------------------------
 
@@ -436,17 +467,22 @@ class Batcher:
         """The one "should we send now" rule (called under the lock): seconds until a request is due (0 or less:
         now), or None when nothing is queued (or the shutdown deadline has passed).
 
-        With a spool, "send" means "write to disk", within 50 ms of acceptance. With a request budget, a due
-        batch also waits for the pacer (never at shutdown); the batch grows meanwhile."""
+        With a spool, "send" means "write to disk", within 50 ms of acceptance; with a buffer, "write to Redis",
+        as soon, unless Redis just failed (then at its retry time). With a request budget, a due batch also waits
+        for the pacer (never at shutdown); the batch grows meanwhile."""
         queue = self._queue
-        if not queue:
+        held = self._buffer is not None and self._buffer.held
+        if not queue and not held:
             return None
         if self._closed:
             deadline = self._deadline
             return None if deadline is not None and time.monotonic() >= deadline else 0.0
+        if held:
+            assert self._buffer is not None
+            return self._buffer.writer.retry_in()
         if self._flush_target > self._done_seq or len(queue) >= self.config.max_batch_size:
             due = 0.0
-        elif self._spool is not None:
+        elif self._spool is not None or self._buffer is not None:
             return queue[0].created + spool.COMMIT_INTERVAL - time.time()
         else:
             due = queue[0].created + self.config.flush_interval - time.time()
@@ -462,6 +498,8 @@ class Batcher:
         """
         config = self.config
         with self._lock:
+            if self._buffer is not None and self._buffer.held:
+                return self._buffer.held.pop()
             count = min(len(self._queue), MAX_EVENTS_PER_REQUEST)
             items = [self._queue.popleft() for _ in range(count)]
             self.counters.in_flight += count
@@ -518,8 +556,10 @@ class Batcher:
             self._mark_done(items[-1].seq)
 
     def _hand_over(self, chunk: _Chunk, deliverer: Deliverer) -> None:
-        """The one place a taken chunk leaves the queue: to Dodo, or, with a spool, to disk."""
-        if self._spool is None:
+        """The one place a taken chunk leaves the queue: to Dodo, or, with a spool, to disk, or to Redis."""
+        if self._buffer is not None:
+            self._write_to_buffer(chunk, self._buffer, deliverer)
+        elif self._spool is None:
             self._deliver(chunk, deliverer)
         else:
             self._write_to_spool(chunk, self._spool, deliverer)
@@ -556,6 +596,37 @@ class Batcher:
         self._mark_done(chunk.last_seq)
         if written and spooled.sender.is_leader:
             spooled.sender.wake()
+
+    def _write_to_buffer(self, chunk: _Chunk, buffered: _Buffer, deliverer: Deliverer) -> None:
+        """Write a chunk to the Redis stream in one round trip. If Redis cannot be reached, the chunk goes to the spool
+        (with ``spool_dir``; until Redis is due to be tried again, without trying it), or waits to be written first
+        at the next attempt (:data:`~dodo_ingest.fleet.stream.RETRY_INTERVAL` later), or, during the exit drain,
+        straight to Dodo: counted as ``buffer_unavailable``, never dropped for it."""
+        from dodo_ingest.fleet.stream import BufferUnavailable
+
+        ready = chunk.ready
+        try:
+            if self._spool is not None and buffered.writer.retry_in() > 0:
+                raise BufferUnavailable("it failed less than a second ago")
+            buffered.writer.append([(p.json, p.created) for p in ready])
+        except BufferUnavailable as exc:
+            self.counters.add("buffer_unavailable", len(ready))
+            fallback = "the spool" if self._spool else "Dodo directly" if self._closed else "memory, retrying"
+            self._log.log(
+                logging.WARNING, "buffer", "dodo-ingest cannot write to Redis (%s); events go to %s", exc, fallback
+            )
+            if self._spool is not None:
+                self._write_to_spool(chunk, self._spool, deliverer)
+            elif self._closed:
+                self._deliver(chunk, deliverer)
+            else:
+                with self._lock:
+                    buffered.held.append(chunk)
+            return
+        with self._lock:
+            self.counters.in_flight -= len(ready)
+            self.counters.buffered += len(ready)
+        self._mark_done(chunk.last_seq)
 
     def _deliver(self, chunk: _Chunk, deliverer: Deliverer) -> None:
         """Deliver a taken chunk, then account for every event in it (sent or dropped)."""
@@ -614,7 +685,8 @@ class Batcher:
 
         Returns True when every event added before the call has been sent or dropped (see :meth:`stats`). With a
         spool: when they are on disk and, if this process is the host's sender, the whole spool has been sent
-        (in another worker, the host's sender sends them within ``flush_interval``).
+        (in another worker, the host's sender sends them within ``flush_interval``). With a buffer (``buffer_url``):
+        when they are in Redis; the forwarders send them.
         """
         deadline = time.monotonic() + timeout
         done = self._flush_queue(timeout)
@@ -710,6 +782,23 @@ class Batcher:
         self._sync.close()
         if self._spool is not None:
             self._finish_spool(self._spool, thread)
+        if self._buffer is not None:
+            with self._lock:
+                held, self._buffer.held[:] = list(self._buffer.held), []
+                self.counters.in_flight -= sum(len(c.ready) for c in held)
+            for chunk in held:  # Redis was down, and the exit drain could not deliver them either
+                record_drop(
+                    self.counters,
+                    self.config,
+                    self._log,
+                    [json.loads(p.json) for p in chunk.ready],
+                    "shutdown",
+                    "Redis and Dodo could not be reached before the shutdown deadline",
+                )
+                self._mark_done(chunk.last_seq)
+            if self._buffer.forwarder is not None:
+                self._buffer.forwarder.shutdown(max(0.0, deadline - time.monotonic()))
+            self._buffer.writer.close()
         with self._lock:
             lost = self.counters.dropped.get("shutdown", 0) - self._shutdown_drops_before
         return not lost and not in_flight

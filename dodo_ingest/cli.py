@@ -3,6 +3,7 @@
 ``dodo-ingest serve``     run the local Dodo-compatible server and its dashboard (``dodo-ingest serve --help``)
 ``dodo-ingest demo``      the end-to-end demo: local server, an instrumented Flask API, traffic, usage tables
                           (``--serve`` keeps its dashboard open afterwards)
+``dodo-ingest forward``   forward the shared Redis buffer (``buffer_url``) to Dodo; ``--status`` prints its state
 ``dodo-ingest check``     validate the configuration from the environment and test the key against the host
 ``dodo-ingest settings``  print every setting as a table
 ``dodo-ingest version``   print the version
@@ -35,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"the demo needs Flask: pip install 'dodo-ingest[demo]' ({exc})", file=sys.stderr)
             return 1
         return int(demo(rest))
+    if command == "forward":
+        try:
+            from dodo_ingest.fleet.forwarder import main as forward
+        except ImportError as exc:  # redis is an extra
+            print(f"forwarding needs redis: pip install 'dodo-ingest[fleet]' ({exc})", file=sys.stderr)
+            return 1
+        return int(forward(rest))
     if command == "check":
         return _check()
     if command == "settings":

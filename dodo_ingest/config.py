@@ -243,6 +243,35 @@ def _rollup_interval(value: Any) -> float | None:
     return result
 
 
+def _buffer_url(value: Any) -> str | None:
+    """A Redis URL; never echoed back (it may carry a password)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _Invalid(f"expected a Redis URL string such as 'redis://redis:6379/0', got {type(value).__name__}")
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname):
+        raise _Invalid(
+            f"expected a Redis URL such as 'redis://redis:6379/0' (or rediss://, unix://), got one with scheme "
+            f"{parts.scheme!r}"
+        )
+    return value
+
+
+def _forwarder(value: Any) -> str:
+    if value not in ("external", "embedded"):
+        raise _Invalid(f"must be 'external' (run `dodo-ingest forward`) or 'embedded', got {value!r}")
+    return str(value)
+
+
+def _stream_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,100}", value):
+        raise _Invalid(
+            f"expected a Redis key prefix of letters, digits and _ . : - (e.g. 'dodo-ingest'), got {value!r}"
+        )
+    return value
+
+
 def _fallback_customer(value: Any) -> str | None:
     result = _optional_str("a Dodo customer id such as 'cus_123'")(value)
     if result is not None and result.lower() in ("anonymous", "unknown", "none", "null"):
@@ -400,6 +429,27 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds of a rollup window (opt-in, 1 to 900): the middlewares' requests are sent as one event per "
         "customer, endpoint, method and status class per window, with `calls`, `errors` and sums and maxima, "
         "instead of one event per request. Bill with a Sum meter over `calls`. See *Rollups*.",
+    ),
+    Setting(
+        "buffer_url",
+        None,
+        _buffer_url,
+        "Redis URL of the shared buffer (opt-in), e.g. `redis://redis:6379/0`: the flush thread writes events to a "
+        "Redis Stream and `dodo-ingest forward` sends them within one fleet-wide budget. Redis unreachable: events "
+        "wait in memory (or the spool) and move on when it is back. See *Running at scale*.",
+    ),
+    Setting(
+        "buffer_stream",
+        "dodo-ingest",
+        _stream_name,
+        "Prefix of the buffer's Redis keys (`<prefix>:events` is the stream); one per Dodo API key.",
+    ),
+    Setting(
+        "forwarder",
+        "external",
+        _forwarder,
+        "Who sends the buffer to Dodo: `external` (`dodo-ingest forward` processes) or `embedded` (the app "
+        "processes elect one of themselves with a Redis lease).",
     ),
     # --- the request-to-event path (middlewares and extensions) ---
     Setting(
@@ -596,6 +646,9 @@ class Config:
     max_requests_per_minute: float | None = _default("max_requests_per_minute")
     spool_dir: str | None = None
     spool_max_bytes: int = _default("spool_max_bytes")
+    buffer_url: str | None = field(default=None, repr=False)  # may carry a password
+    buffer_stream: str = _default("buffer_stream")
+    forwarder: str = _default("forwarder")
     rollup_interval: float | None = None
     request: RequestConfig = field(default_factory=RequestConfig)
 
@@ -666,6 +719,7 @@ class Config:
         result = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "request"}
         result.update({f.name: getattr(self.request, f.name) for f in fields(self.request)})
         result["api_key"] = mask_key(self.api_key)
+        result["buffer_url"] = redact_url(self.buffer_url)
         return result
 
 
@@ -707,6 +761,20 @@ def _parse(setting: Setting, raw: Any, label: str) -> Any:
 def mask_key(key: str | None) -> str:
     """``"<unset>"`` or ``"<set, 32 chars>"``: never any character of the key itself."""
     return "<unset>" if not key else f"<set, {len(key)} chars>"
+
+
+def redact_url(url: str | None) -> str | None:
+    """A URL safe to log: its password (and user name) replaced by ``***``."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    return parts._replace(netloc=netloc).geturl()
 
 
 def check_setting(name: str, value: Any) -> str | None:

@@ -1,7 +1,8 @@
 """Exact counters of what became of every event, and a rate-limited logger for the flush thread.
 
 Every accepted event ends up in exactly one of: ``sent``, ``dropped[reason]``, or still ``queued`` /
-``in_flight`` (with a spool: ``spooled``, and from there the host's sender counts what it sends and drops).
+``in_flight`` (with a spool: ``spooled``, and from there the host's sender counts what it sends and drops; with a
+Redis buffer: ``buffered``, and from there the forwarders count).
 Requests that a middleware decided not to meter are counted under ``skipped[reason]``.
 """
 
@@ -59,6 +60,10 @@ class Stats:
     last_error_at: float | None = None
     #: Accepted events written to the durable spool (``spool_dir``); the host's sender delivers them from there.
     spooled: int = 0
+    #: Accepted events written to the shared Redis buffer (``buffer_url``); a forwarder delivers them from there.
+    buffered: int = 0
+    #: Events whose write to the Redis buffer failed (per attempt): kept in memory (or spooled) and tried again.
+    buffer_unavailable: int = 0
     #: ``rollup_interval``: requests folded into rollups (the rollups themselves are counted as events, in
     #: ``accepted``, ``sent``...).
     rolled_up: int = 0
@@ -86,6 +91,8 @@ class Stats:
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "spooled": self.spooled,
+            "buffered": self.buffered,
+            "buffer_unavailable": self.buffer_unavailable,
             "rolled_up": self.rolled_up,
             "rolling": self.rolling,
         }
@@ -108,6 +115,8 @@ class Counters:
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.spooled = 0
+        self.buffered = 0
+        self.buffer_unavailable = 0
 
     def add(self, name: str, n: int = 1) -> None:
         """Increment a scalar counter (``sent``, ``retried``, ``requests``, ``repaired``, ``hook_errors``...)."""
@@ -145,6 +154,8 @@ class Counters:
             self.last_error,
             self.last_error_at,
             self.spooled,
+            self.buffered,
+            self.buffer_unavailable,
         )
 
 

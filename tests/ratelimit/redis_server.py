@@ -25,10 +25,12 @@ def redis_binary() -> str:
 
 
 class RedisServer:
-    """One ``redis-server`` process without persistence; :meth:`stop` and :meth:`start` keep the port."""
+    """One ``redis-server`` process without persistence (``aof``: with an append-only file fsynced on every
+    write, kept across a restart); :meth:`stop` and :meth:`start` keep the port."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, aof: bool = False) -> None:
         self.binary = redis_binary()
+        self.aof = aof
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="dodo-redis-")
         self.process: subprocess.Popen[bytes] | None = None
@@ -41,7 +43,8 @@ class RedisServer:
     def start(self) -> RedisServer:
         """Start it and wait until it answers PING."""
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+            + (["--appendonly", "yes", "--appendfsync", "always"] if self.aof else ["--appendonly", "no"]),
             cwd=self.dir,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

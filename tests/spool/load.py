@@ -15,9 +15,11 @@ class Load:
     """``threads`` callers of ``url``, each on its own keep-alive connection, at most ``rate`` requests per
     second in all (None: as fast as they can)."""
 
-    def __init__(self, url: str, threads: int = 4, rate: float | None = None) -> None:
+    def __init__(self, url: str, threads: int = 4, rate: float | None = None, prefix: str = "req") -> None:
         self.url = url
+        self.prefix = prefix  # of the request ids: distinct per Load when several run at once
         self.answered: dict[str, float] = {}  # request id -> when its 200 arrived
+        self.latency: dict[str, float] = {}  # request id -> seconds from sending it to its answer
         self.failed = 0
         self._ids = itertools.count()
         self._stop = threading.Event()
@@ -31,7 +33,8 @@ class Load:
         pause = threading.Event()
         next_at = time.monotonic()
         while not self._stop.is_set():
-            request_id = f"req-{caller}-{next(self._ids)}"
+            request_id = f"{self.prefix}-{caller}-{next(self._ids)}"
+            sent = time.monotonic()
             try:
                 response = session.get(self.url, headers={"X-Request-Id": request_id}, timeout=10)
                 ok = response.status_code == 200
@@ -41,6 +44,7 @@ class Load:
             with self._lock:
                 if ok:
                     self.answered[request_id] = time.time()
+                    self.latency[request_id] = time.monotonic() - sent
                 else:
                     self.failed += 1
             if self._interval is not None:
