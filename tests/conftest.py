@@ -9,6 +9,7 @@ import pytest
 
 from dodo_ingest import Batcher, Ingestion
 from dodo_ingest.localserver import LocalDodoServer
+from tests.ratelimit.redis_server import RedisServer
 
 TEST_KEY = "sk_test_local_0123456789abcdef"
 
@@ -69,3 +70,20 @@ def make_batch(make_ingestion: Callable[..., Ingestion]) -> Iterator[Callable[..
     yield make
     for batch in made:
         batch.shutdown(timeout=5.0)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session's tests that only need a working Redis (rate limits, the fleet)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The shared Redis, emptied for this test."""
+    redis = pytest.importorskip("redis", reason="the ratelimit / fleet extra is not installed")
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url

@@ -23,7 +23,6 @@ from tests.django_tests.testapp.models import User
 
 pytest.importorskip("limits")
 
-from tests.ratelimit.conftest import redis_server, redis_url  # noqa: F401 - the real Redis fixtures
 
 pytestmark = pytest.mark.urls("tests.django_tests.ratelimit_views")
 C1 = {"X-Customer": "cus_1"}
@@ -133,7 +132,7 @@ async def test_async_view_is_checked_with_acheck_on_the_loop(
     settings: Settings,
     async_client: AsyncClient,
     events: CapturedEvents,
-    redis_url: str,  # noqa: F811
+    redis_url: str,
 ) -> None:
     settings.DODO_INGEST_CUSTOMER_ID = None
     settings.DODO_INGEST_RATE_LIMITS = "2/minute;100/month"
@@ -170,7 +169,7 @@ async def test_async_settle_does_not_block_the_loop(
     limited: Settings,
     async_client: AsyncClient,
     events: CapturedEvents,
-    redis_url: str,  # noqa: F811
+    redis_url: str,
 ) -> None:
     limited.DODO_INGEST_RATE_LIMIT_STORAGE = redis_url
     limited.DODO_INGEST_SHOULD_METER = lambda request, response: False  # checked, then not billed

@@ -11,29 +11,12 @@ import pytest
 pytest.importorskip("redis", reason="the fleet extra is not installed")
 pytest.importorskip("limits", reason="the fleet extra is not installed")
 
-import redis
 
 from dodo_ingest.config import Config
 from dodo_ingest.fleet.forwarder import Forwarder
 from dodo_ingest.localserver import LocalDodoServer
 from tests.conftest import TEST_KEY
 from tests.ratelimit.redis_server import RedisServer
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One redis-server for the tests that only need a working Redis."""
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    """The shared Redis, emptied for this test."""
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushall()
-    client.close()
-    return redis_server.url
 
 
 @pytest.fixture

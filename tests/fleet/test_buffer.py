@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -15,6 +17,7 @@ from dodo_ingest.errors import ConfigurationError
 from dodo_ingest.fleet.stream import BufferUnavailable, StreamWriter
 from dodo_ingest.localserver import LocalDodoServer
 from tests.conftest import TEST_KEY
+from tests.helpers import wait_until
 from tests.ratelimit.redis_server import RedisServer
 from tests.spool.helpers import spooled_events
 
@@ -63,6 +66,33 @@ def test_redis_down_keeps_events_in_memory_with_their_ids_then_moves_them(
     assert sorted(e["metadata"]["n"] for e in events) == kept, "Redis lost the first (no persistence)"
     assert len({e["event_id"] for e in events}) == len(kept)
     assert batch.stats().buffered == len(kept) + 1 and dodo_server.event_count() == 0
+
+
+def test_with_redis_down_no_request_thread_ever_waits_for_redis(
+    make_batch: Callable[..., Batcher],
+    dodo_server: LocalDodoServer,
+    own_redis: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The request thread's cost does not change with a buffer, up or down: only the flush thread talks to Redis
+    (a request that did would wait up to the socket timeout while Redis is down)."""
+    callers: list[str] = []
+    append = StreamWriter.append
+
+    def recording(self: StreamWriter, events: Any) -> None:
+        callers.append(threading.current_thread().name)
+        append(self, events)
+
+    monkeypatch.setattr(StreamWriter, "append", recording)
+    batch = make_batch(buffer_url=own_redis.url, flush_interval=0.05)
+    own_redis.stop()
+    for n in range(300):
+        assert batch.add("cus_1", {"n": n})
+    assert wait_until(lambda: batch.stats().buffer_unavailable > 0, timeout=10)
+    own_redis.start()
+    assert batch.flush(timeout=15)
+    assert sorted(e["metadata"]["n"] for e in stream_events(own_redis.url)) == list(range(300))
+    assert callers and set(callers) == {"dodo-ingest-flush"}
 
 
 def test_redis_down_at_the_deadline_drops_as_shutdown_and_counts(

