@@ -11,13 +11,14 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from dodo_ingest import Batcher
+from dodo_ingest import Batcher, Ingestion
 from dodo_ingest.cli import main
 from dodo_ingest.events import encode_event, format_timestamp
 from dodo_ingest.fleet.budget import FleetBudget
 from dodo_ingest.fleet.forwarder import status
 from dodo_ingest.fleet.stream import GROUP, StreamWriter
 from dodo_ingest.localserver import Fault, LocalDodoServer
+from tests.core.test_rollup import rolled_up_app, serve_traffic
 from tests.fleet.conftest import Running
 from tests.helpers import wait_until
 
@@ -75,6 +76,24 @@ def test_events_from_a_batcher_reach_dodo_through_the_forwarder(
     assert batch.flush(timeout=10)
     assert dodo_server.wait_for_events(300, timeout=30)
     assert sorted(e["metadata"]["n"] for e in dodo_server.events()) == list(range(300))
+
+
+def test_rollups_through_the_buffer_bill_every_request_once(
+    make_ingestion: Callable[..., Ingestion],
+    dodo_server: LocalDodoServer,
+    redis_url: str,
+    start_forwarder: Callable[..., Running],
+) -> None:
+    """The tiers combine: requests folded into rollups, the rollups through Redis and a forwarder to Dodo."""
+    start_forwarder(redis_url)
+    ingestion = make_ingestion(buffer_url=redis_url, rollup_interval=60)
+    served = serve_traffic(rolled_up_app(ingestion), 500)
+    assert ingestion.flush(timeout=10)
+    expected = sum(served.values())
+    assert wait_until(lambda: sum(e["metadata"]["calls"] for e in dodo_server.events()) >= expected, timeout=30)
+    events = dodo_server.events()
+    assert sum(e["metadata"]["calls"] for e in events) == expected == 500
+    assert ingestion.batcher.stats().buffered == len(events) < 50
 
 
 def test_429s_5xx_and_a_lost_answer_reuse_the_ids_and_lose_nothing(
