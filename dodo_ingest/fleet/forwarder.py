@@ -14,7 +14,8 @@ One loop, top to bottom (:meth:`Forwarder.run`):
    Dodo's one-hour window dropped as ``expired``). Retries go on until the events would expire, as the spool's do.
    401/403 drops nothing: the entries stay in the stream and the forwarder stands down for a minute.
 4. **Acknowledge and delete** (``XACK`` + ``XDEL`` in one ``MULTI``) only after Dodo's 2xx, or after a permanent
-   drop that was counted. A forwarder that dies between Dodo's answer and the acknowledgement leaves the entries
+   drop that was counted. If Redis cannot take the acknowledgement, the forwarder keeps it and gives it first when
+   Redis is back (not sending those events again). A forwarder that dies between Dodo's answer and the acknowledgement leaves the entries
    pending; another claims them after the lease and sends them again with the same event ids, which Dodo
    ignores: exactly-once effect. While a request is retried, the forwarder re-claims its entries to itself
    (``XCLAIM ... JUSTID``) every third of a lease, so that nobody takes over a forwarder that is merely waiting.
@@ -129,6 +130,7 @@ class Forwarder:
         self._stop_deadline = float("inf")
         self._group_ready = False
         self._carry: list[Entry] = []
+        self._unacked: list[bytes] = []  # delivered to Dodo, their acknowledgement not yet taken by Redis
         self._next_claim = 0.0
         self._claim_from = b"0-0"
         self._published = 0.0
@@ -158,7 +160,9 @@ class Forwarder:
         transport = self._factory(self.config)
         logger.info("dodo-ingest forwarder %s: %s -> %s", self.name, redact_url(self.url), self.config.host)
         try:
-            while not self._stopping.is_set() or (self._carry and time.monotonic() < self._stop_deadline):
+            while not self._stopping.is_set() or (
+                (self._carry or self._unacked) and time.monotonic() < self._stop_deadline
+            ):
                 try:
                     self._round(transport)
                     self._state = "forwarding"
@@ -214,6 +218,9 @@ class Forwarder:
 
     def _round(self, transport: Transport) -> None:
         self._ensure_group()
+        if self._unacked:  # Dodo has them: acknowledge them before anything else, never send them again
+            self._ack(self._unacked)
+            self._unacked = []
         entries, self._carry = self._carry, []
         if not self._stopping.is_set() and len(entries) < MAX_EVENTS_PER_REQUEST:
             entries += self._claim(MAX_EVENTS_PER_REQUEST - len(entries))
@@ -233,7 +240,9 @@ class Forwarder:
         except BaseException:
             self._carry = batch + self._carry  # still pending under this forwarder: sent in the next round
             raise
-        self._ack([e.id for e in batch])
+        self._unacked = [e.id for e in batch]
+        self._ack(self._unacked)
+        self._unacked = []
         self._report_progress()
 
     def _ensure_group(self) -> None:

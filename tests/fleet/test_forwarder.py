@@ -21,6 +21,7 @@ from dodo_ingest.localserver import Fault, LocalDodoServer
 from tests.core.test_rollup import rolled_up_app, serve_traffic
 from tests.fleet.conftest import Running
 from tests.helpers import wait_until
+from tests.ratelimit.redis_server import RedisServer
 
 STREAM = "dodo-ingest:events"
 
@@ -94,6 +95,26 @@ def test_rollups_through_the_buffer_bill_every_request_once(
     events = dodo_server.events()
     assert sum(e["metadata"]["calls"] for e in events) == expected == 500
     assert ingestion.batcher.stats().buffered == len(events) < 50
+
+
+def test_an_acknowledgement_redis_could_not_take_is_given_when_it_is_back_not_resent(
+    dodo_server: LocalDodoServer, start_forwarder: Callable[..., Running]
+) -> None:
+    """Redis goes down while Dodo is answering: the forwarder keeps the acknowledgement and gives it first when
+    Redis is back. The events are not sent again (which Dodo would ignore, but ``sent`` would count twice)."""
+    with RedisServer(aof=True) as buffer:
+        ids = write_events(buffer.url, 100)
+        dodo_server.add_faults(Fault(delay=2.0, repeat=1))  # the answer takes 2 s: time to stop Redis
+        running = start_forwarder(buffer.url, lease=1.0)
+        assert wait_until(lambda: dodo_server.faults.pending() == 0, timeout=10)  # the request has arrived
+        buffer.stop()
+        assert dodo_server.wait_for_events(100, timeout=10)  # Dodo has them; their acknowledgement fails
+        buffer.start()
+        assert wait_until(lambda: backlog(buffer.url) == (0, 0), timeout=20), "acknowledged once Redis was back"
+        running.stop()
+    assert [r.event_count for r in dodo_server.requests] == [100], "sent once, not claimed and sent again"
+    assert sorted(e["event_id"] for e in dodo_server.events()) == ids
+    assert running.forwarder.counters.snapshot(0).sent == 100
 
 
 def test_429s_5xx_and_a_lost_answer_reuse_the_ids_and_lose_nothing(
