@@ -14,10 +14,10 @@ One loop, top to bottom (:meth:`Forwarder.run`):
    Dodo's one-hour window dropped as ``expired``). Retries go on until the events would expire, as the spool's do.
    401/403 drops nothing: the entries stay in the stream and the forwarder stands down for a minute.
 4. **Acknowledge and delete** (``XACK`` + ``XDEL`` in one ``MULTI``) only after Dodo's 2xx, or after a permanent
-   drop that was counted. If Redis cannot take the acknowledgement, the forwarder keeps it and gives it first when
-   Redis is back (not sending those events again). A forwarder that dies between Dodo's answer and the acknowledgement leaves the entries
-   pending; another claims them after the lease and sends them again with the same event ids, which Dodo
-   ignores: exactly-once effect. While a request is retried, the forwarder re-claims its entries to itself
+   drop that was counted. If Redis cannot take the acknowledgement, the forwarder keeps it and gives it first
+   when Redis is back (not sending those events again). A forwarder that dies between Dodo's answer and the
+   acknowledgement leaves the entries pending; another claims them after the lease and sends them again with the
+   same event ids, which Dodo ignores: exactly-once effect. While a request is retried, the forwarder re-claims its entries to itself
    (``XCLAIM ... JUSTID``) every third of a lease, so that nobody takes over a forwarder that is merely waiting.
 
 :meth:`Forwarder.stop` (SIGTERM, SIGINT) is graceful: no new entries are read; the request in hand is finished and
