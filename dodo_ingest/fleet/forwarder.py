@@ -17,8 +17,9 @@ One loop, top to bottom (:meth:`Forwarder.run`):
    drop that was counted. If Redis cannot take the acknowledgement, the forwarder keeps it and gives it first
    when Redis is back (not sending those events again). A forwarder that dies between Dodo's answer and the
    acknowledgement leaves the entries pending; another claims them after the lease and sends them again with the
-   same event ids, which Dodo ignores: exactly-once effect. While a request is retried, the forwarder re-claims its entries to itself
-   (``XCLAIM ... JUSTID``) every third of a lease, so that nobody takes over a forwarder that is merely waiting.
+   same event ids, which Dodo ignores: exactly-once effect. While a request is retried, the forwarder re-claims
+   its entries to itself (``XCLAIM ... JUSTID``) every third of a lease, so that nobody takes over a forwarder
+   that is merely waiting.
 
 :meth:`Forwarder.stop` (SIGTERM, SIGINT) is graceful: no new entries are read; the request in hand is finished and
 acknowledged within ``stop_timeout`` seconds; what cannot be sent by then stays pending for another forwarder.
