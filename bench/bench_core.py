@@ -26,7 +26,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import KEY, METADATA, free_port, start_server, wait_http  # noqa: E402
+from common import KEY, METADATA, add_samples, free_port, start_server, wait_http  # noqa: E402
 
 from dodo_ingest import Ingestion  # noqa: E402
 from dodo_ingest.config import Config  # noqa: E402
@@ -64,24 +64,8 @@ def start_sink() -> tuple[subprocess.Popen[bytes], str]:
 
 def bench_add(url: str, calls: int) -> tuple[float, float, float]:
     """p50 / p99 / mean nanoseconds of one add(), the flush thread running and sending meanwhile."""
-    batch = Ingestion(api_key=KEY, base_url=url, max_requests_per_minute=None).create_batch(
-        max_size=100, flush_interval=5.0, max_queue_size=calls + 10
-    )
-    add, clock = batch.add, time.perf_counter_ns
-    for _ in range(2000):  # warm up, start the thread
-        add("cus_bench", METADATA)
-    samples = [0] * calls
-    gc.disable()
-    try:
-        for i in range(calls):
-            t0 = clock()
-            add("cus_bench", METADATA)
-            samples[i] = clock() - t0
-    finally:
-        gc.enable()
+    samples = add_samples(calls, yield_every=None, base_url=url)
     overhead = min(_timer_overhead() for _ in range(5))
-    batch.shutdown(timeout=60)
-    samples.sort()
     return (
         samples[len(samples) // 2] - overhead,
         samples[int(len(samples) * 0.99)] - overhead,

@@ -13,7 +13,6 @@ Each run starts its own redis-server (tests/ratelimit/redis_server.py) and the l
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import subprocess
 import sys
@@ -27,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_spool import KEY, METADATA, percentile, sample_events, start_server  # noqa: E402
+from bench_spool import sample_events  # noqa: E402
+from common import KEY, METADATA, add_samples, percentile, start_server  # noqa: E402
 
 from dodo_ingest import Ingestion  # noqa: E402
 from dodo_ingest.fleet.stream import StreamWriter  # noqa: E402
@@ -122,25 +122,8 @@ def bench_forward(events: int, forwarders: int) -> None:
 
 def bench_add(url: str, calls: int, buffer_url: str | None) -> tuple[float, float]:
     """p50 / p99 ns of add() with the flush thread running (writing to Redis when ``buffer_url`` is set)."""
-    batch = Ingestion(api_key=KEY, base_url=url, buffer_url=buffer_url, max_requests_per_minute=None).create_batch(
-        max_size=100, flush_interval=5.0, max_queue_size=calls + 10
-    )
-    add, clock = batch.add, time.perf_counter_ns
-    for _ in range(2000):
-        add("cus_bench", METADATA)
-    samples = [0] * calls
-    gc.disable()
-    try:
-        for i in range(calls):
-            t0 = clock()
-            add("cus_bench", METADATA)
-            samples[i] = clock() - t0
-            if i % 100 == 99:  # let the flush thread keep up, as request threads would
-                time.sleep(0)
-    finally:
-        gc.enable()
-    batch.shutdown(timeout=60)
-    return percentile([float(s) for s in samples], 0.5), percentile([float(s) for s in samples], 0.99)
+    samples = add_samples(calls, base_url=url, buffer_url=buffer_url)
+    return float(percentile(samples, 0.5)), float(percentile(samples, 0.99))
 
 
 def bench_adds(calls: int, rounds: int) -> None:

@@ -14,7 +14,6 @@ requests per minute the server received, its 429s, and whether every answered re
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import signal
 import sqlite3
@@ -30,7 +29,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import KEY, METADATA, free_port, percentile, start_server, wait_http  # noqa: E402
+from common import KEY, METADATA, add_samples, free_port, percentile, start_server, wait_http  # noqa: E402
 
 from dodo_ingest import Ingestion, spool  # noqa: E402
 from dodo_ingest.events import encode_event, format_timestamp, new_event_id  # noqa: E402
@@ -113,25 +112,8 @@ def tmp_fs() -> str:
 
 def bench_add(url: str, calls: int, spool_dir: str | None) -> tuple[float, float]:
     """p50 / p99 ns of add() with the flush thread (and, with a spool, the spool writer and sender) running."""
-    batch = Ingestion(api_key=KEY, base_url=url, spool_dir=spool_dir, max_requests_per_minute=None).create_batch(
-        max_size=100, flush_interval=5.0, max_queue_size=calls + 10
-    )
-    add, clock = batch.add, time.perf_counter_ns
-    for _ in range(2000):
-        add("cus_bench", METADATA)
-    samples = [0] * calls
-    gc.disable()
-    try:
-        for i in range(calls):
-            t0 = clock()
-            add("cus_bench", METADATA)
-            samples[i] = clock() - t0
-            if i % 100 == 99:  # let the flush thread keep up, as request threads would
-                time.sleep(0)
-    finally:
-        gc.enable()
-    batch.shutdown(timeout=60)
-    return percentile([float(s) for s in samples], 0.5), percentile([float(s) for s in samples], 0.99)
+    samples = add_samples(calls, base_url=url, spool_dir=spool_dir)
+    return float(percentile(samples, 0.5)), float(percentile(samples, 0.99))
 
 
 def bench_adds(calls: int, rounds: int) -> None:

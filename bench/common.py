@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -59,3 +61,30 @@ def percentile(values: list[float], q: float) -> float:
     """The ``q`` quantile (0-1) of ``values``, nearest rank."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def add_samples(calls: int, *, yield_every: int | None = 100, **settings: Any) -> list[int]:
+    """Nanoseconds of each of ``calls`` ``add()`` calls, sorted, on a batch of an ``Ingestion(**settings)`` (the
+    key and no request pacing by default) whose flush thread runs meanwhile. ``yield_every``: give the flush thread
+    the GIL every so many calls, as request threads would (None: never)."""
+    from dodo_ingest import Ingestion
+
+    settings = {"api_key": KEY, "max_requests_per_minute": None, **settings}
+    batch = Ingestion(**settings).create_batch(max_size=100, flush_interval=5.0, max_queue_size=calls + 10)
+    add, clock = batch.add, time.perf_counter_ns
+    for _ in range(2000):  # warm up, start the thread
+        add("cus_bench", METADATA)
+    samples = [0] * calls
+    gc.disable()
+    try:
+        for i in range(calls):
+            t0 = clock()
+            add("cus_bench", METADATA)
+            samples[i] = clock() - t0
+            if yield_every is not None and i % yield_every == yield_every - 1:
+                time.sleep(0)
+    finally:
+        gc.enable()
+    batch.shutdown(timeout=60)
+    samples.sort()
+    return samples
