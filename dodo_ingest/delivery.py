@@ -42,6 +42,35 @@ BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 
 
+class KeyRejected(Exception):
+    """Dodo answered 401/403 to a sender whose events are kept elsewhere (the spool's, a forwarder's): keep them,
+    stand down."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.message)
+        self.answer = answer
+
+
+class KeyCheck:
+    """A transport that raises :class:`KeyRejected` for 401/403 before the delivery policy would drop the events:
+    for a sender whose events wait on disk or in Redis, a rejected key is a configuration problem, not a property
+    of the events."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def post(self, body: bytes, timeout: float | None = None) -> Answer:
+        """Send; raise :class:`KeyRejected` for 401/403."""
+        answer = self.transport.post(body, timeout)
+        if answer.status in (401, 403):
+            raise KeyRejected(answer)
+        return answer
+
+    def close(self) -> None:
+        """Close the wrapped transport."""
+        self.transport.close()
+
+
 class Pending(NamedTuple):
     """An event ready to send: serialized once, with its creation time and queue sequence number."""
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 
 from dodo_ingest.config import MAX_EVENTS_PER_REQUEST, Config
-from dodo_ingest.delivery import Deliverer, Pending, record_drop
+from dodo_ingest.delivery import Deliverer, KeyCheck, KeyRejected, Pending, record_drop
 from dodo_ingest.events import MAX_EVENT_AGE
 from dodo_ingest.pacing import PacedTransport, RequestPacer
 from dodo_ingest.spool import Damage, OwnedFile, Record, SegmentCursor, SpoolDirectory, event_id_of
@@ -50,31 +50,6 @@ _EMPTY_BODY = len('{"events":[]}')
 
 class _Stopped(Exception):
     """The shutdown deadline passed: what is not delivered stays on disk."""
-
-
-class _KeyRejected(Exception):
-    """Dodo answered 401/403: keep the events, stand down."""
-
-    def __init__(self, answer: Answer) -> None:
-        super().__init__(answer.message)
-        self.answer = answer
-
-
-class _KeyCheck:
-    """A transport that turns 401/403 into :class:`_KeyRejected` before the delivery policy would drop the
-    events: a rejected key is a configuration problem, not a property of the events on disk."""
-
-    def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-
-    def post(self, body: bytes, timeout: float | None = None) -> Answer:
-        answer = self.transport.post(body, timeout)
-        if answer.status in (401, 403):
-            raise _KeyRejected(answer)
-        return answer
-
-    def close(self) -> None:
-        self.transport.close()
 
 
 class HostSender:
@@ -203,7 +178,7 @@ class HostSender:
     # --- the thread -------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        transport: Transport = _KeyCheck(self._factory(self.config))
+        transport: Transport = KeyCheck(self._factory(self.config))
         if self.pacer is not None:
             transport = PacedTransport(transport, self.pacer)
         deliverer = Deliverer(self.config, transport, self.counters, self, self.log, budget=MAX_EVENT_AGE + 60.0)
@@ -213,7 +188,7 @@ class HostSender:
                 try:
                     if not self._step(deliverer):
                         return
-                except _KeyRejected as rejected:
+                except KeyRejected as rejected:
                     self._stand_down(rejected.answer)
                 except _Stopped:
                     raise
@@ -420,7 +395,7 @@ class HostSender:
             self._drop(expired, "expired", "spooled longer than Dodo's one-hour window")
         fresh = [Pending(0, record.json, record.created) for _, record in window if record.created >= oldest_allowed]
         if fresh:
-            deliverer.deliver(fresh)  # raises _Stopped / _KeyRejected: nothing is acked, all stays on disk
+            deliverer.deliver(fresh)  # raises _Stopped / KeyRejected: nothing is acked, all stays on disk
         self._collect()
 
     def _drop(self, events: list[str], reason: str, message: str) -> None:

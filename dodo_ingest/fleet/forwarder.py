@@ -46,7 +46,7 @@ import redis
 from redis.exceptions import RedisError, ResponseError
 
 from dodo_ingest.config import MAX_EVENTS_PER_REQUEST, PREFIX, SETTINGS, Config, redact_url
-from dodo_ingest.delivery import Deliverer, Pending, record_drop
+from dodo_ingest.delivery import Deliverer, KeyCheck, KeyRejected, Pending, record_drop
 from dodo_ingest.errors import ConfigurationError
 from dodo_ingest.events import MAX_EVENT_AGE
 from dodo_ingest.fleet.budget import FleetBudget
@@ -85,14 +85,6 @@ class Entry(NamedTuple):
 
 class _Stopped(Exception):
     """The stop deadline passed: what is in hand stays pending for another forwarder."""
-
-
-class _KeyRejected(Exception):
-    """Dodo answered 401/403: keep the entries, stand down."""
-
-    def __init__(self, answer: Answer) -> None:
-        super().__init__(answer.message)
-        self.answer = answer
 
 
 class Forwarder:
@@ -171,7 +163,7 @@ class Forwarder:
                         self.keepalive()
                 except _Stopped:
                     break
-                except _KeyRejected as exc:
+                except KeyRejected as exc:
                     self._state = "key rejected"
                     if self._stopping.is_set():
                         break
@@ -367,7 +359,7 @@ class Forwarder:
             self._client.xclaim(self.keys.stream, GROUP, self.name, 0, [e.id for e in batch], justid=True)
 
     def _send(self, batch: list[Entry], transport: Transport) -> None:
-        paid = _Budgeted(transport, self, batch)
+        paid = _Budgeted(KeyCheck(transport), self, batch)
         waiter = _Waiter(self, batch)
         deliverer = Deliverer(self.config, paid, self.counters, waiter, self.log, budget=MAX_EVENT_AGE)
         deliverer.deliver([e.pending for e in batch])
@@ -434,7 +426,7 @@ class Forwarder:
 
 class _Budgeted:
     """The forwarder's transport: every request but the first (whose slot the round took) takes a budget slot;
-    401/403 becomes :class:`_KeyRejected` before the delivery policy would drop the events."""
+    401/403 becomes :class:`KeyRejected` before the delivery policy would drop the events."""
 
     def __init__(self, transport: Transport, forwarder: Forwarder, batch: list[Entry]) -> None:
         self.transport = transport
@@ -446,10 +438,7 @@ class _Budgeted:
         if not self.paid and self.forwarder.budget is not None:
             self.forwarder._wait_for_slot(self.batch)
         self.paid = False
-        answer = self.transport.post(body, timeout)
-        if answer.status in (401, 403):
-            raise _KeyRejected(answer)
-        return answer
+        return self.transport.post(body, timeout)
 
     def close(self) -> None:  # pragma: no cover - the forwarder closes the real transport itself
         pass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import redis
 from dodo_ingest.fleet.stream import GROUP
 from dodo_ingest.localserver import LocalDodoServer
 from tests.conftest import TEST_KEY
-from tests.spool.test_gunicorn import ROOT
+from tests.spool.test_gunicorn import ROOT, stop
 
 STREAM = "dodo-ingest:events"
 
@@ -36,14 +35,7 @@ def forwarder(
 
 def stop_forwarder(process: subprocess.Popen[bytes], log: Path) -> None:
     """SIGTERM, and a clean exit within 30 s."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    assert process.returncode == 0, log.read_text(errors="replace")[-3000:]
+    stop(process, log, timeout=30)
 
 
 def pending_of(buffer_url: str, consumer: str) -> int:

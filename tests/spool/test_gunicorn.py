@@ -40,10 +40,12 @@ def gunicorn(server: LocalDodoServer, workers: int, port: int, log: Path, **sett
         return subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
-def stop(process: subprocess.Popen[bytes], log: Path) -> None:
-    process.send_signal(signal.SIGTERM)
+def stop(process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    """SIGTERM, and a clean exit (status 0) within ``timeout`` seconds; else the end of its log."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
     try:
-        process.wait(timeout=60)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
