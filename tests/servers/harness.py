@@ -74,6 +74,22 @@ def app_env(dodo_server: LocalDodoServer, **settings: str) -> dict[str, str]:
     return env
 
 
+def run_job(dodo_server: LocalDodoServer, module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m module args`` (a job under ``tests/servers/apps``) to its end, in :func:`app_env`; assert
+    that it exited 0."""
+    job = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=app_env(dodo_server),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert job.returncode == 0, job.stderr
+    return job
+
+
 def gunicorn(app: str, *options: str) -> Callable[[int], list[str]]:
     """A gunicorn command line for ``app`` (``options`` after the defaults, so they win).
 

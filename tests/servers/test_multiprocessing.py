@@ -8,15 +8,13 @@ must it when the pool is closed and joined. Both start methods a Linux program u
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from dodo_ingest.localserver import LocalDodoServer
 from tests.servers.apps.common import TOKENS
-from tests.servers.harness import ROOT, Served, app_env, check_store
+from tests.servers.harness import Served, check_store, run_job
 
 # Real server processes: slow (the `servers` tox environment); a generous per-test limit for a busy 2-core box.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -29,16 +27,7 @@ N = 60
 def test_pool_workers_deliver_what_they_billed(
     dodo_server: LocalDodoServer, tmp_path: Path, method: str, ending: str
 ) -> None:
-    job = subprocess.run(
-        [sys.executable, "-m", "tests.servers.apps.pool_job", method, ending, str(N)],
-        env=app_env(dodo_server),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert job.returncode == 0, job.stderr
+    job = run_job(dodo_server, "tests.servers.apps.pool_job", method, ending, str(N))
     pids = {int(seq): pid for seq, pid in json.loads(job.stdout).items()}
     assert pids[N] not in {pids[s] for s in range(N)}, "the pool workers billed requests 0..N-1"
     served = {s: Served(s, TOKENS[sorted(TOKENS)[s % len(TOKENS)]], pid) for s, pid in pids.items()}

@@ -9,15 +9,13 @@ The fork happens in :mod:`tests.servers.apps.raw_fork_job`, a process with no ot
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from dodo_ingest.localserver import LocalDodoServer
 from tests.servers.apps.raw_fork_job import CHILD_OK, customer
-from tests.servers.harness import ROOT, Served, app_env, check_store
+from tests.servers.harness import Served, check_store, run_job
 
 # Real server processes: slow (the `servers` tox environment); a generous per-test limit for a busy 2-core box.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -27,16 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 def test_parent_and_child_of_a_raw_fork_deliver_every_event(
     dodo_server: LocalDodoServer, tmp_path: Path, mode: str
 ) -> None:
-    job = subprocess.run(
-        [sys.executable, "-m", "tests.servers.apps.raw_fork_job", mode],
-        env=app_env(dodo_server),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert job.returncode == 0, job.stderr
+    job = run_job(dodo_server, "tests.servers.apps.raw_fork_job", mode)
     result = json.loads(job.stdout)
     assert result["child_status"] == CHILD_OK, (result, job.stderr)
     parent_seqs = [*range(20), *range(200, 230)] if mode == "thread-running" else list(range(200, 230))
