@@ -18,6 +18,10 @@ the one place a chunk leaves the queue), at most 50 ms after its oldest event wa
 (``max_requests_per_minute``) is part of the one "should we send now" rule: a due batch waits for the
 :class:`~dodo_ingest.pacing.RequestPacer`, and grows meanwhile.
 
+Rollups (``rollup_interval``): :meth:`Batcher.enqueue` folds the adapters' requests into
+:class:`~dodo_ingest.rollup.Rollups` instead of queueing them; the flush thread queues a window's rollups, as
+ordinary events with fixed ids, when the window ends (``flush()`` and a shutdown close it early).
+
 Per-process state: every entry point compares ``os.getpid()`` with the pid that built the queue, lock, counters
 and thread; a forked child (by ``os.fork``, uWSGI, or a raw ``fork()``) starts afresh and the parent keeps and
 delivers what it had queued. If the flush thread ever ends unexpectedly, the next ``add()`` starts a new one.
